@@ -1,0 +1,65 @@
+"""HTTP routes for adapters: workspace-level (``/adapters``) and nested under their model."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Response
+
+from modelyard.adapters import service, store
+from modelyard.adapters.schemas import Adapter, CreateAdapterRequest, CreateModelAdapterRequest, UpdateAdapterRequest
+from modelyard.db.session import SessionDep
+from modelyard.listing import ListQuery, Page, query_dependency
+
+router = APIRouter(prefix="/apis/models/v2/workspaces/{workspace}", tags=["adapters"])
+ListParams = Annotated[ListQuery, Depends(query_dependency(store.FILTERS))]
+_out = {"response_model_exclude_none": True}
+
+
+@router.post("/models/{model_name}/adapters", status_code=201, response_model=Adapter, **_out)
+def create_model_adapter(
+    workspace: str, model_name: str, body: CreateModelAdapterRequest, session: SessionDep
+) -> Adapter:
+    """Adds an adapter to the model named in the path."""
+    return service.create_nested(session, workspace, model_name, body)
+
+
+@router.patch("/models/{model_name}/adapters/{adapter}", response_model=Adapter, **_out)
+def update_model_adapter(
+    workspace: str, model_name: str, adapter: str, body: UpdateAdapterRequest, session: SessionDep
+) -> Adapter:
+    return service.update(session, workspace, adapter, body, model_name=model_name)
+
+
+@router.delete("/models/{model_name}/adapters/{adapter}", status_code=204, response_class=Response)
+def delete_model_adapter(workspace: str, model_name: str, adapter: str, session: SessionDep) -> Response:
+    service.delete(session, workspace, adapter, model_name=model_name)
+    return Response(status_code=204)
+
+
+@router.post("/adapters", status_code=201, response_model=Adapter, **_out)
+def create_adapter(workspace: str, body: CreateAdapterRequest, session: SessionDep) -> Adapter:
+    """Create an adapter under the base model named by ``model`` in the body."""
+    return service.create(session, workspace, body)
+
+
+@router.get("/adapters", response_model=Page[Adapter], **_out)
+def list_adapters(workspace: str, session: SessionDep, query: ListParams) -> Page[Adapter]:
+    return service.list_(session, workspace, query)
+
+
+@router.get("/adapters/{name}", response_model=Adapter, **_out)
+def get_adapter(workspace: str, name: str, session: SessionDep) -> Adapter:
+    return service.get(session, workspace, name)
+
+
+@router.patch("/adapters/{name}", response_model=Adapter, **_out)
+def update_adapter(workspace: str, name: str, body: UpdateAdapterRequest, session: SessionDep) -> Adapter:
+    """Change description, enabled, fileset or lora_config; any other field is 422."""
+    return service.update(session, workspace, name, body)
+
+
+@router.delete("/adapters/{name}", status_code=204, response_class=Response)
+def delete_adapter(workspace: str, name: str, session: SessionDep) -> Response:
+    service.delete(session, workspace, name)
+    return Response(status_code=204)

@@ -1,0 +1,126 @@
+"""The FastAPI application: routers, the one error handler, ``/health``, request logs.
+
+The schema is migrated when the app starts (never ``create_all``), so a new database and an old
+one both come up at the newest revision.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from modelyard import __version__
+from modelyard.adapters.router import router as adapters_router
+from modelyard.config import Settings
+from modelyard.db.engine import Database
+from modelyard.errors import ServiceError
+from modelyard.models.router import router as models_router
+from modelyard.workspaces.router import router as workspaces_router
+
+log = logging.getLogger("modelyard")
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line, with whatever ``extra=`` fields the call passed."""
+
+    _skip = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        entry.update({k: v for k, v in record.__dict__.items() if k not in self._skip})
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(settings: Settings) -> None:
+    handler = logging.StreamHandler()
+    if settings.log_json:
+        handler.setFormatter(JsonLogFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level.upper())
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db = Database(settings.resolved_database_url)
+        db.migrate()
+        app.state.db = db
+        log.info("database ready", extra={"database": db.backend})
+        yield
+        db.dispose()
+
+    app = FastAPI(
+        title="Modelyard",
+        version=__version__,
+        summary="Registry and serving layer for fine-tuned models",
+        lifespan=lifespan,
+        separate_input_output_schemas=False,
+    )
+    app.state.settings = settings
+    for router in (workspaces_router, models_router, adapters_router):
+        app.include_router(router)
+
+    @app.get("/health", tags=["health"])
+    def health(request: Request) -> JSONResponse:
+        db: Database = request.app.state.db
+        ok = db.ping()
+        body = {"status": "ok" if ok else "error", "version": __version__, "database": db.backend}
+        if not ok:
+            body["detail"] = "database is not reachable"
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    @app.exception_handler(ServiceError)
+    async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
+        return JSONResponse({"detail": exc.message}, status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = []
+        for error in exc.errors():
+            if error.get("type") == "extra_forbidden":
+                field = error["loc"][-1]
+                error = {**error, "msg": f"Unknown field '{field}': remove it (it is not part of this request)"}
+            error.pop("url", None)
+            errors.append(error)
+        return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", extra={"method": request.method, "path": request.url.path})
+        return JSONResponse({"detail": "Internal server error"}, status_code=500)
+
+    @app.middleware("http")
+    async def access_log(request: Request, call_next):  # type: ignore[no-untyped-def]
+        started = time.perf_counter()
+        response = await call_next(request)
+        log.info(
+            "request",
+            extra={
+                "method": request.method,
+                "path": request.url.path,
+                "status": response.status_code,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+            },
+        )
+        return response
+
+    return app

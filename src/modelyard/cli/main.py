@@ -1,0 +1,165 @@
+"""``modelyard`` command line. Every command but ``serve`` talks to a server through the SDK."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+from pydantic import BaseModel
+from rich.console import Console
+from rich.table import Table
+
+from modelyard.client import Modelyard, ModelyardError
+
+app = typer.Typer(help="Modelyard: registry and serving layer for fine-tuned models.", no_args_is_help=True)
+workspaces_app = typer.Typer(help="Manage workspaces.", no_args_is_help=True)
+models_app = typer.Typer(help="Register and inspect models.", no_args_is_help=True)
+adapters_app = typer.Typer(help="Register and inspect adapters.", no_args_is_help=True)
+app.add_typer(workspaces_app, name="workspaces")
+app.add_typer(models_app, name="models")
+app.add_typer(adapters_app, name="adapters")
+
+console = Console()
+Url = Annotated[str | None, typer.Option("--url", envvar="MODELYARD_URL", help="Server URL [default: http://127.0.0.1:8000]")]
+Workspace = Annotated[str, typer.Option("--workspace", "-w", help="Workspace ('-' lists across all)")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print the raw JSON")]
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on")] = 8000,
+) -> None:
+    """Start the server (SQLite under MODELYARD_HOME unless MODELYARD_DATABASE_URL is set)."""
+    import uvicorn
+
+    from modelyard.app import configure_logging, create_app
+    from modelyard.config import Settings
+
+    settings = Settings()
+    configure_logging(settings)
+    console.print(f"Modelyard on http://{host}:{port}  (docs: http://{host}:{port}/docs)", highlight=False)
+    uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False)
+
+
+def _client(url: str | None) -> Modelyard:
+    return Modelyard(url)
+
+
+def _run(call: Any) -> Any:
+    try:
+        return call()
+    except ModelyardError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+
+
+def _show(items: list[BaseModel] | BaseModel, columns: list[str], as_json: bool) -> None:
+    if as_json:
+        payload = [i.model_dump(mode="json", exclude_none=True) for i in items] if isinstance(items, list) else (
+            items.model_dump(mode="json", exclude_none=True)
+        )
+        typer.echo(json.dumps(payload, indent=2))
+        return
+    rows = items if isinstance(items, list) else [items]
+    table = Table(*columns)
+    for item in rows:
+        data = item.model_dump(mode="json")
+        table.add_row(*("" if data.get(c) is None else str(data.get(c)) for c in columns))
+    console.print(table)
+
+
+@workspaces_app.command("list")
+def workspaces_list(url: Url = None, as_json: AsJson = False) -> None:
+    """List workspaces."""
+    page = _run(lambda: _client(url).workspaces.list())
+    _show(list(page.auto_paging_iter()), ["name", "description", "created_at"], as_json)
+
+
+@workspaces_app.command("create")
+def workspaces_create(name: str, description: str | None = None, url: Url = None, as_json: AsJson = False) -> None:
+    """Create a workspace."""
+    fields = {"description": description} if description else {}
+    _show(_run(lambda: _client(url).workspaces.create(name, **fields)), ["name", "description"], as_json)
+
+
+@workspaces_app.command("delete")
+def workspaces_delete(name: str, url: Url = None) -> None:
+    """Delete an empty workspace."""
+    _run(lambda: _client(url).workspaces.delete(name))
+    console.print(f"deleted workspace {name}")
+
+
+MODEL_COLUMNS = ["workspace", "name", "id", "fileset", "finetuning_type", "created_at"]
+ADAPTER_COLUMNS = ["workspace", "name", "model", "fileset", "finetuning_type", "enabled"]
+
+
+@models_app.command("list")
+def models_list(workspace: Workspace = "-", url: Url = None, as_json: AsJson = False) -> None:
+    """List models (all workspaces by default)."""
+    page = _run(lambda: _client(url).models.list(workspace))
+    _show(list(page.auto_paging_iter()), MODEL_COLUMNS, as_json)
+
+
+@models_app.command("get")
+def models_get(name: str, workspace: Workspace = "default", url: Url = None) -> None:
+    """Show one model as JSON (with spec.linear_layers)."""
+    _show(_run(lambda: _client(url).models.retrieve(workspace, name, verbose=True)), [], True)
+
+
+@models_app.command("create")
+def models_create(
+    name: str,
+    workspace: Workspace = "default",
+    fileset: Annotated[str | None, typer.Option(help="ws/fileset holding the checkpoint")] = None,
+    description: str | None = None,
+    base_model: str | None = None,
+    url: Url = None,
+    as_json: AsJson = False,
+) -> None:
+    """Register a model."""
+    fields = {k: v for k, v in {"fileset": fileset, "description": description, "base_model": base_model}.items() if v}
+    _show(_run(lambda: _client(url).models.create(workspace, name=name, **fields)), MODEL_COLUMNS, as_json)
+
+
+@models_app.command("delete")
+def models_delete(name: str, workspace: Workspace = "default", url: Url = None) -> None:
+    """Delete a model and its adapters."""
+    _run(lambda: _client(url).models.delete(workspace, name))
+    console.print(f"deleted model {workspace}/{name}")
+
+
+@adapters_app.command("list")
+def adapters_list(workspace: Workspace = "-", url: Url = None, as_json: AsJson = False) -> None:
+    """List adapters (all workspaces by default)."""
+    page = _run(lambda: _client(url).adapters.list(workspace))
+    _show(list(page.auto_paging_iter()), ADAPTER_COLUMNS, as_json)
+
+
+@adapters_app.command("create")
+def adapters_create(
+    name: str,
+    model: Annotated[str, typer.Option(help="Base model: name or ws/name")],
+    fileset: Annotated[str, typer.Option(help="ws/fileset holding the adapter")],
+    finetuning_type: Annotated[str, typer.Option(help="e.g. lora, dora, qlora")] = "lora",
+    workspace: Workspace = "default",
+    url: Url = None,
+    as_json: AsJson = False,
+) -> None:
+    """Register an adapter on a base model."""
+    adapter = _run(lambda: _client(url).adapters.create(
+        workspace, model=model, name=name, fileset=fileset, finetuning_type=finetuning_type
+    ))
+    _show(adapter, ADAPTER_COLUMNS, as_json)
+
+
+@adapters_app.command("delete")
+def adapters_delete(name: str, workspace: Workspace = "default", url: Url = None) -> None:
+    """Delete an adapter."""
+    _run(lambda: _client(url).adapters.delete(workspace, name))
+    console.print(f"deleted adapter {workspace}/{name}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,221 @@
+"""Typed resources over httpx: ``client.workspaces``, ``client.models``, ``client.adapters``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import httpx
+from pydantic import BaseModel
+
+from modelyard.adapters.schemas import Adapter
+from modelyard.client.errors import APIConnectionError, error_for
+from modelyard.listing import Pagination
+from modelyard.models.schemas import ModelEntity
+from modelyard.workspaces.schemas import Workspace
+
+T = TypeVar("T", bound=BaseModel)
+DEFAULT_BASE_URL = "http://127.0.0.1:8000"
+
+
+@dataclass
+class SyncPage(Generic[T]):
+    """One page of a list, able to fetch the ones after it."""
+
+    data: list[T]
+    pagination: Pagination
+    sort: str
+    filter: dict[str, Any]
+    _next: Callable[[int], SyncPage[T]] | None = None
+
+    def __iter__(self) -> Iterator[T]:
+        return iter(self.data)
+
+    def has_next_page(self) -> bool:
+        return self.pagination.page < self.pagination.total_pages
+
+    def next_page(self) -> SyncPage[T]:
+        if self._next is None or not self.has_next_page():
+            raise StopIteration("no more pages")
+        return self._next(self.pagination.page + 1)
+
+    def auto_paging_iter(self) -> Iterator[T]:
+        page: SyncPage[T] = self
+        while True:
+            yield from page.data
+            if not page.has_next_page():
+                return
+            page = page.next_page()
+
+
+def _list_params(
+    page: int | None, page_size: int | None, sort: str | None, filters: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """``filters={"name": "x", "created_at": {"$gte": "2024-01-01"}, "name": {"$in": [...]}}``."""
+    params: dict[str, Any] = {}
+    if page is not None:
+        params["page"] = page
+    if page_size is not None:
+        params["page_size"] = page_size
+    if sort is not None:
+        params["sort"] = sort
+    for field, condition in (filters or {}).items():
+        ops = condition if isinstance(condition, Mapping) else {None: condition}
+        for op, value in ops.items():
+            key = f"filter[{field}]" if op is None else f"filter[{field}][{op}]"
+            if isinstance(value, bool):
+                value = "true" if value else "false"
+            elif isinstance(value, list | tuple):
+                value = ",".join(str(v) for v in value)
+            params[key] = value
+    return params
+
+
+class Modelyard:
+    """Client for a Modelyard server. Pass ``http_client`` to reuse a pool or to talk to an app in-process."""
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        *,
+        http_client: httpx.Client | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        self.base_url = (base_url or os.environ.get("MODELYARD_URL") or DEFAULT_BASE_URL).rstrip("/")
+        self._http = http_client or httpx.Client(timeout=timeout)
+        self.workspaces = Workspaces(self)
+        self.models = Models(self)
+        self.adapters = Adapters(self)
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """Send a request; raise the error class of the status for 4xx/5xx."""
+        try:
+            response = self._http.request(method, self.base_url + path, **kwargs)
+        except httpx.TransportError as exc:
+            raise APIConnectionError(f"cannot reach {self.base_url}: {exc}") from exc
+        if response.status_code >= 400:
+            raise error_for(response)
+        return response
+
+    def health(self) -> dict[str, Any]:
+        return self.request("GET", "/health").json()
+
+    def _page(self, path: str, item: type[T], params: dict[str, Any]) -> SyncPage[T]:
+        body = self.request("GET", path, params=params).json()
+
+        def fetch(page: int) -> SyncPage[T]:
+            return self._page(path, item, {**params, "page": page})
+
+        return SyncPage(
+            data=[item.model_validate(d) for d in body["data"]],
+            pagination=Pagination.model_validate(body["pagination"]),
+            sort=body["sort"],
+            filter=body["filter"],
+            _next=fetch,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Modelyard:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+class _Resource:
+    def __init__(self, client: Modelyard) -> None:
+        self._client = client
+
+
+class Workspaces(_Resource):
+    _path = "/apis/entities/v2/workspaces"
+
+    def create(self, name: str, **fields: Any) -> Workspace:
+        body = self._client.request("POST", self._path, json={"name": name, **fields}).json()
+        return Workspace.model_validate(body)
+
+    def retrieve(self, name: str) -> Workspace:
+        return Workspace.model_validate(self._client.request("GET", f"{self._path}/{name}").json())
+
+    def list(
+        self, *, page: int | None = None, page_size: int | None = None, sort: str | None = None,
+        filters: Mapping[str, Any] | None = None,
+    ) -> SyncPage[Workspace]:
+        return self._client._page(self._path, Workspace, _list_params(page, page_size, sort, filters))
+
+    def delete(self, name: str) -> None:
+        self._client.request("DELETE", f"{self._path}/{name}")
+
+
+def _models_path(workspace: str) -> str:
+    return f"/apis/models/v2/workspaces/{workspace}"
+
+
+class Models(_Resource):
+    def create(self, workspace: str, **fields: Any) -> ModelEntity:
+        body = self._client.request("POST", f"{_models_path(workspace)}/models", json=fields).json()
+        return ModelEntity.model_validate(body)
+
+    def retrieve(self, workspace: str, name: str, *, verbose: bool = False) -> ModelEntity:
+        params = {"verbose": "true"} if verbose else None
+        body = self._client.request("GET", f"{_models_path(workspace)}/models/{name}", params=params).json()
+        return ModelEntity.model_validate(body)
+
+    def list(
+        self, workspace: str = "-", *, page: int | None = None, page_size: int | None = None,
+        sort: str | None = None, filters: Mapping[str, Any] | None = None, verbose: bool = False,
+    ) -> SyncPage[ModelEntity]:
+        params = _list_params(page, page_size, sort, filters)
+        if verbose:
+            params["verbose"] = "true"
+        return self._client._page(f"{_models_path(workspace)}/models", ModelEntity, params)
+
+    def update(self, workspace: str, name: str, **fields: Any) -> ModelEntity:
+        """Merge ``fields`` into the model; pass ``None`` to clear one."""
+        body = self._client.request("PATCH", f"{_models_path(workspace)}/models/{name}", json=fields).json()
+        return ModelEntity.model_validate(body)
+
+    def delete(self, workspace: str, name: str) -> None:
+        self._client.request("DELETE", f"{_models_path(workspace)}/models/{name}")
+
+
+class Adapters(_Resource):
+    def create(self, workspace: str, *, model: str, **fields: Any) -> Adapter:
+        """Create an adapter; ``model`` is ``name`` (in ``workspace``) or ``ws/name``."""
+        body = {"model": model, **fields}
+        return Adapter.model_validate(
+            self._client.request("POST", f"{_models_path(workspace)}/adapters", json=body).json()
+        )
+
+    def create_for_model(self, workspace: str, model_name: str, **fields: Any) -> Adapter:
+        """The nested route: the base model is ``workspace/model_name``."""
+        path = f"{_models_path(workspace)}/models/{model_name}/adapters"
+        return Adapter.model_validate(self._client.request("POST", path, json=fields).json())
+
+    def retrieve(self, workspace: str, name: str) -> Adapter:
+        return Adapter.model_validate(self._client.request("GET", f"{_models_path(workspace)}/adapters/{name}").json())
+
+    def list(
+        self, workspace: str = "-", *, page: int | None = None, page_size: int | None = None,
+        sort: str | None = None, filters: Mapping[str, Any] | None = None,
+    ) -> SyncPage[Adapter]:
+        params = _list_params(page, page_size, sort, filters)
+        return self._client._page(f"{_models_path(workspace)}/adapters", Adapter, params)
+
+    def update(self, workspace: str, name: str, *, model_name: str | None = None, **fields: Any) -> Adapter:
+        return Adapter.model_validate(
+            self._client.request("PATCH", self._item(workspace, name, model_name), json=fields).json()
+        )
+
+    def delete(self, workspace: str, name: str, *, model_name: str | None = None) -> None:
+        self._client.request("DELETE", self._item(workspace, name, model_name))
+
+    @staticmethod
+    def _item(workspace: str, name: str, model_name: str | None) -> str:
+        if model_name is None:
+            return f"{_models_path(workspace)}/adapters/{name}"
+        return f"{_models_path(workspace)}/models/{model_name}/adapters/{name}"

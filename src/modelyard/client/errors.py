@@ -1,0 +1,79 @@
+"""Error classes per HTTP status, in the manner of openai-python."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+
+class ModelyardError(Exception):
+    """Base of everything the SDK raises."""
+
+
+class APIConnectionError(ModelyardError):
+    """The server could not be reached."""
+
+
+class APIStatusError(ModelyardError):
+    """The server answered with a 4xx or 5xx status."""
+
+    status_code: int = 0
+
+    def __init__(self, response: httpx.Response, body: Any) -> None:
+        self.response = response
+        self.status_code = response.status_code
+        self.body = body
+        self.detail = body.get("detail") if isinstance(body, dict) else body
+        super().__init__(f"{response.status_code}: {self._describe()}")
+
+    def _describe(self) -> str:
+        if isinstance(self.detail, list):  # FastAPI validation errors
+            return "; ".join(
+                f"{'.'.join(str(p) for p in e.get('loc', []))}: {e.get('msg')}" for e in self.detail
+            )
+        return str(self.detail)
+
+
+class BadRequestError(APIStatusError):
+    status_code = 400
+
+
+class PermissionDeniedError(APIStatusError):
+    status_code = 403
+
+
+class NotFoundError(APIStatusError):
+    status_code = 404
+
+
+class ConflictError(APIStatusError):
+    status_code = 409
+
+
+class UnprocessableEntityError(APIStatusError):
+    status_code = 422
+
+
+class InternalServerError(APIStatusError):
+    status_code = 500
+
+
+_BY_STATUS: dict[int, type[APIStatusError]] = {
+    400: BadRequestError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    409: ConflictError,
+    422: UnprocessableEntityError,
+}
+
+
+def error_for(response: httpx.Response) -> APIStatusError:
+    try:
+        body: Any = response.json()
+    except ValueError:
+        body = response.text
+    cls = _BY_STATUS.get(response.status_code)
+    if cls is None:
+        cls = InternalServerError if response.status_code >= 500 else APIStatusError
+    return cls(response, body)

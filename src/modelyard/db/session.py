@@ -1,0 +1,25 @@
+"""The per-request session, as a FastAPI dependency.
+
+``scope="function"`` makes the commit happen before the response is sent, so a client that
+got a 201 can read what it wrote on the next request. Anything but GET/HEAD takes the write
+lock up front on SQLite (see :mod:`modelyard.db.engine`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from modelyard.db.engine import Database
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    db: Database = request.app.state.db
+    with db.session(write=request.method not in ("GET", "HEAD")) as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]

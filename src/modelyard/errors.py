@@ -1,0 +1,52 @@
+"""The one error tree of the service layer.
+
+Services raise these; a single handler in :mod:`modelyard.app` renders them as
+``{"detail": "<message>"}`` with the class's status. ``code`` is stable and machine-readable,
+so logs and the SDK can branch on it without parsing messages.
+"""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    status_code: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidRequest(ServiceError):
+    """The request is well-formed JSON but asks for something that cannot be done as given."""
+
+    status_code = 400
+    code = "invalid_request"
+
+
+class Forbidden(ServiceError):
+    status_code = 403
+    code = "forbidden"
+
+
+class NotFound(ServiceError):
+    status_code = 404
+    code = "not_found"
+
+
+class Conflict(ServiceError):
+    """The request clashes with the current state (e.g. deleting something still in use)."""
+
+    status_code = 409
+    code = "conflict"
+
+
+class AlreadyExists(Conflict):
+    code = "already_exists"
+
+
+class Unprocessable(ServiceError):
+    """Semantically invalid content that a schema cannot express."""
+
+    status_code = 422
+    code = "unprocessable"

@@ -1,0 +1,54 @@
+"""HTTP routes of the models service: ``/apis/models/v2/workspaces/{workspace}/models``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+
+from modelyard.db.session import SessionDep
+from modelyard.listing import ListQuery, Page, query_dependency
+from modelyard.models import service, store
+from modelyard.models.schemas import CreateModelEntityRequest, ModelEntity, UpdateModelEntityRequest
+
+router = APIRouter(prefix="/apis/models/v2/workspaces/{workspace}/models", tags=["models"])
+ListParams = Annotated[ListQuery, Depends(query_dependency(store.FILTERS))]
+Verbose = Annotated[bool, Query(description="Include spec.linear_layers")]
+
+
+def _trusted(request: Request) -> list[str]:
+    return request.app.state.settings.trusted_fileset_workspaces
+
+
+@router.post("", status_code=201, response_model=ModelEntity, response_model_exclude_none=True)
+def create_model(
+    workspace: str, body: CreateModelEntityRequest, session: SessionDep, request: Request
+) -> ModelEntity:
+    """Create a new model entity."""
+    return service.create(session, workspace, body, trusted=_trusted(request))
+
+
+@router.get("", response_model=Page[ModelEntity], response_model_exclude_none=True)
+def list_models(workspace: str, session: SessionDep, query: ListParams, verbose: Verbose = False) -> Page[ModelEntity]:
+    """List models; workspace ``-`` lists across all workspaces."""
+    return service.list_(session, workspace, query, verbose=verbose)
+
+
+@router.get("/{name}", response_model=ModelEntity, response_model_exclude_none=True)
+def get_model(workspace: str, name: str, session: SessionDep, verbose: Verbose = False) -> ModelEntity:
+    return service.get(session, workspace, name, verbose=verbose)
+
+
+@router.patch("/{name}", response_model=ModelEntity, response_model_exclude_none=True)
+def update_model(
+    workspace: str, name: str, body: UpdateModelEntityRequest, session: SessionDep, request: Request
+) -> ModelEntity:
+    """Merge the given fields into the model; ``null`` clears an optional field."""
+    return service.update(session, workspace, name, body, trusted=_trusted(request))
+
+
+@router.delete("/{name}", status_code=204, response_class=Response)
+def delete_model(workspace: str, name: str, session: SessionDep) -> Response:
+    """Delete the model and its adapters."""
+    service.delete(session, workspace, name)
+    return Response(status_code=204)

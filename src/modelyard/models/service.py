@@ -1,0 +1,150 @@
+"""Model rules: fileset references, trust_remote_code policy, secret masking, PATCH merging."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from datetime import UTC
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from modelyard.adapters import service as adapter_service
+from modelyard.adapters.service import qualify
+from modelyard.db import tables
+from modelyard.db.engine import new_id, utcnow
+from modelyard.errors import Forbidden
+from modelyard.listing import ListQuery, Page
+from modelyard.models import store
+from modelyard.models.schemas import CreateModelEntityRequest, ModelEntity, UpdateModelEntityRequest
+from modelyard.workspaces import store as workspace_store
+
+_SCHEMA_OBJECTS = ("spec", "api_endpoint", "prompt")  # stored without their unset (null) members
+
+
+def mask_secret(secret: str) -> str:
+    """All but the last four characters hidden; short secrets are hidden entirely."""
+    return "*" * len(secret) if len(secret) <= 4 else "*" * (len(secret) - 4) + secret[-4:]
+
+
+def to_wire(row: tables.Model, adapters: list[tables.Adapter], *, verbose: bool) -> ModelEntity:
+    spec = dict(row.spec) if row.spec is not None else None
+    if spec is not None and not verbose:
+        spec.pop("linear_layers", None)
+    api_endpoint = dict(row.api_endpoint) if row.api_endpoint is not None else None
+    if api_endpoint and api_endpoint.get("api_key"):
+        api_endpoint["api_key"] = mask_secret(api_endpoint["api_key"])
+    return ModelEntity(
+        id=row.id,
+        name=row.name,
+        workspace=row.workspace,
+        project=row.project,
+        created_at=row.created_at.replace(tzinfo=UTC),
+        updated_at=row.updated_at.replace(tzinfo=UTC),
+        description=row.description,
+        spec=spec,
+        finetuning_type=row.finetuning_type,
+        fileset=row.fileset,
+        trust_remote_code=row.trust_remote_code,
+        base_model=row.base_model,
+        api_endpoint=api_endpoint,
+        backend_format=row.backend_format,
+        adapters=[adapter_service.to_wire(a) for a in adapters],
+        prompt=row.prompt,
+        custom_fields=row.custom_fields,
+        ownership=row.ownership,
+        model_providers=row.model_providers,
+    )
+
+
+def _check_trust(trust_remote_code: bool, fileset: str | None, trusted: Collection[str]) -> None:
+    """Remote code runs only from filesets in workspaces an operator has listed as trusted."""
+    if not trust_remote_code:
+        return
+    if fileset is None:
+        raise Forbidden(
+            "trust_remote_code=true needs a fileset in a trusted workspace, and this model has no fileset. "
+            "Set 'fileset' to a fileset in a workspace listed in MODELYARD_TRUSTED_FILESET_WORKSPACES."
+        )
+    fileset_ws = fileset.split("/", 1)[0]
+    if fileset_ws not in trusted:
+        raise Forbidden(
+            f"trust_remote_code=true is not allowed for fileset '{fileset}': workspace '{fileset_ws}' is not "
+            f"trusted. An operator can allow it by adding '{fileset_ws}' to the comma-separated setting "
+            "MODELYARD_TRUSTED_FILESET_WORKSPACES and restarting the server."
+        )
+
+
+def create(
+    session: Session, workspace: str, request: CreateModelEntityRequest, *, trusted: Collection[str]
+) -> ModelEntity:
+    workspace_store.require(session, workspace)
+    fields = {k: v for k, v in _column_values(request).items() if v is not None and k != "name"}
+    if "fileset" in fields:
+        fields["fileset"] = qualify(fields["fileset"], workspace)
+    _check_trust(request.trust_remote_code, fields.get("fileset"), trusted)
+    now = utcnow()
+    row = tables.Model(id=new_id("model"), workspace=workspace, name=request.name, created_at=now, updated_at=now)
+    for field, value in fields.items():
+        setattr(row, field, value)
+    return to_wire(store.add(session, row), [], verbose=True)
+
+
+def get(session: Session, workspace: str, name: str, *, verbose: bool = False) -> ModelEntity:
+    workspace_store.require(session, workspace)
+    row = store.get(session, workspace, name)
+    return to_wire(row, store.adapters_of(session, [row.id])[row.id], verbose=verbose)
+
+
+def list_(session: Session, workspace: str, query: ListQuery, *, verbose: bool = False) -> Page[ModelEntity]:
+    if workspace != "-":
+        workspace_store.require(session, workspace)
+    rows, pagination = store.list_(session, None if workspace == "-" else workspace, query)
+    adapters = store.adapters_of(session, [r.id for r in rows])
+    return Page[ModelEntity](
+        data=[to_wire(r, adapters[r.id], verbose=verbose) for r in rows],
+        pagination=pagination,
+        sort=query.sort,
+        filter=query.echo,
+    )
+
+
+def update(
+    session: Session, workspace: str, name: str, request: UpdateModelEntityRequest, *, trusted: Collection[str]
+) -> ModelEntity:
+    """Merge: fields left out keep their value; an explicit null clears the field."""
+    workspace_store.require(session, workspace)
+    row = store.get(session, workspace, name)
+    changes = _column_values(request)
+    if changes.get("fileset") is not None:
+        changes["fileset"] = qualify(changes["fileset"], workspace)
+    endpoint = changes.get("api_endpoint")
+    stored_key = (row.api_endpoint or {}).get("api_key")
+    if endpoint and stored_key and endpoint.get("api_key") == mask_secret(stored_key):
+        endpoint["api_key"] = stored_key  # a client echoing back what GET showed keeps the real key
+    _check_trust(
+        changes.get("trust_remote_code", row.trust_remote_code), changes.get("fileset", row.fileset), trusted
+    )
+    for field, value in changes.items():
+        setattr(row, field, value)
+    row.updated_at = utcnow()
+    session.flush()
+    return to_wire(row, store.adapters_of(session, [row.id])[row.id], verbose=True)
+
+
+def delete(session: Session, workspace: str, name: str) -> None:
+    workspace_store.require(session, workspace)
+    store.delete(session, store.get(session, workspace, name))
+
+
+def _column_values(request: CreateModelEntityRequest | UpdateModelEntityRequest) -> dict[str, Any]:
+    values = request.model_dump(mode="json", exclude_unset=True)
+    for field in _SCHEMA_OBJECTS:
+        if values.get(field) is not None:
+            values[field] = _drop_nones(values[field])
+    return values
+
+
+def _drop_nones(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_nones(v) for k, v in value.items() if v is not None}
+    return value

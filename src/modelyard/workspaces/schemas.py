@@ -1,0 +1,59 @@
+"""Workspace wire models, and the name rules every entity shares.
+
+The reference enforces one strict name rule for workspaces, models, adapters and filesets
+(the seeds print a looser ``^[\\w\\-.]+$``, but a model named outside the strict rule could never
+be referenced as ``ws/name``), so it lives here once.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+NAME_PATTERN = r"^[a-z](?!.*--)[a-z0-9\-@.+_]{1,62}(?<!-)$"
+_NAME_RE = re.compile(NAME_PATTERN)
+
+EntityName = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+
+
+def check_reference(value: str) -> str:
+    """``name`` or ``workspace/name``, each part a valid entity name."""
+    parts = value.split("/")
+    if len(parts) > 2:
+        raise ValueError(f"'{value}' must be 'name' or 'workspace/name' (at most one '/')")
+    for part in parts:
+        if not _NAME_RE.match(part):
+            raise ValueError(
+                f"'{part}' is not a valid name: 2-63 characters, starting with a lowercase letter, "
+                "then lowercase letters, digits or - @ . + _, with no '--' and no trailing '-'"
+            )
+    return value
+
+
+Reference = Annotated[str, StringConstraints(max_length=255), AfterValidator(check_reference)]
+ModelReference = Annotated[str, StringConstraints(max_length=127), AfterValidator(check_reference)]
+
+
+class RequestModel(BaseModel):
+    """Request bodies reject unknown fields (the reference silently drops them: a bug)."""
+
+    model_config = ConfigDict(extra="forbid", regex_engine="python-re")
+
+
+class WireModel(BaseModel):
+    model_config = ConfigDict(regex_engine="python-re")
+
+
+class CreateWorkspaceRequest(RequestModel):
+    name: EntityName
+    description: Annotated[str, Field(max_length=1000)] | None = None
+
+
+class Workspace(WireModel):
+    name: str
+    description: str | None = None
+    created_at: datetime
+    updated_at: datetime

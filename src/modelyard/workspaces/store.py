@@ -1,0 +1,56 @@
+"""Workspace queries."""
+
+from __future__ import annotations
+
+from sqlalchemy import exists, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from modelyard.db.tables import Adapter, Model, Workspace
+from modelyard.errors import AlreadyExists, NotFound
+from modelyard.listing import FilterField, ListQuery, Pagination, run_list_query
+
+FILTERS = {
+    "name": FilterField("string", Workspace.name),
+    "description": FilterField("string", Workspace.description),
+    "created_at": FilterField("timestamp", Workspace.created_at),
+    "updated_at": FilterField("timestamp", Workspace.updated_at),
+}
+SORTS = {"name": Workspace.name, "created_at": Workspace.created_at, "updated_at": Workspace.updated_at}
+
+
+def get(session: Session, name: str) -> Workspace:
+    row = session.get(Workspace, name)
+    if row is None:
+        raise NotFound(f"Workspace '{name}' not found")
+    return row
+
+
+def require(session: Session, name: str) -> None:
+    """404 for any route under a workspace that does not exist."""
+    if session.scalar(select(exists().where(Workspace.name == name))) is not True:
+        raise NotFound(f"Workspace '{name}' not found")
+
+
+def add(session: Session, row: Workspace) -> Workspace:
+    session.add(row)
+    try:
+        session.flush()
+    except IntegrityError:
+        raise AlreadyExists(f"Workspace with name '{row.name}' already exists") from None
+    return row
+
+
+def list_(session: Session, query: ListQuery) -> tuple[list[Workspace], Pagination]:
+    return run_list_query(session, select(Workspace), query, SORTS, Workspace.name)
+
+
+def holds_entities(session: Session, name: str) -> bool:
+    has_models = session.scalar(select(exists().where(Model.workspace == name)))
+    has_adapters = session.scalar(select(exists().where(Adapter.workspace == name)))
+    return bool(has_models or has_adapters)
+
+
+def delete(session: Session, row: Workspace) -> None:
+    session.delete(row)
+    session.flush()
