@@ -134,7 +134,7 @@ class _Resource:
 class Workspaces(_Resource):
     _path = "/apis/entities/v2/workspaces"
 
-    def create(self, name: str, **fields: Any) -> Workspace:
+    def create(self, name: str, /, **fields: Any) -> Workspace:
         body = self._client.request("POST", self._path, json={"name": name, **fields}).json()
         return Workspace.model_validate(body)
 
@@ -156,7 +156,7 @@ def _models_path(workspace: str) -> str:
 
 
 class Models(_Resource):
-    def create(self, workspace: str, **fields: Any) -> ModelEntity:
+    def create(self, workspace: str, /, **fields: Any) -> ModelEntity:
         body = self._client.request("POST", f"{_models_path(workspace)}/models", json=fields).json()
         return ModelEntity.model_validate(body)
 
@@ -174,7 +174,7 @@ class Models(_Resource):
             params["verbose"] = "true"
         return self._client._page(f"{_models_path(workspace)}/models", ModelEntity, params)
 
-    def update(self, workspace: str, name: str, **fields: Any) -> ModelEntity:
+    def update(self, workspace: str, name: str, /, **fields: Any) -> ModelEntity:
         """Merge ``fields`` into the model; pass ``None`` to clear one."""
         body = self._client.request("PATCH", f"{_models_path(workspace)}/models/{name}", json=fields).json()
         return ModelEntity.model_validate(body)
@@ -184,14 +184,14 @@ class Models(_Resource):
 
 
 class Adapters(_Resource):
-    def create(self, workspace: str, *, model: str, **fields: Any) -> Adapter:
+    def create(self, workspace: str, /, *, model: str, **fields: Any) -> Adapter:
         """Create an adapter; ``model`` is ``name`` (in ``workspace``) or ``ws/name``."""
         body = {"model": model, **fields}
         return Adapter.model_validate(
             self._client.request("POST", f"{_models_path(workspace)}/adapters", json=body).json()
         )
 
-    def create_for_model(self, workspace: str, model_name: str, **fields: Any) -> Adapter:
+    def create_for_model(self, workspace: str, model_name: str, /, **fields: Any) -> Adapter:
         """The nested route: the base model is ``workspace/model_name``."""
         path = f"{_models_path(workspace)}/models/{model_name}/adapters"
         return Adapter.model_validate(self._client.request("POST", path, json=fields).json())
@@ -206,7 +206,9 @@ class Adapters(_Resource):
         params = _list_params(page, page_size, sort, filters)
         return self._client._page(f"{_models_path(workspace)}/adapters", Adapter, params)
 
-    def update(self, workspace: str, name: str, *, model_name: str | None = None, **fields: Any) -> Adapter:
+    def update(
+        self, workspace: str, name: str, /, *, model_name: str | None = None, **fields: Any
+    ) -> Adapter:
         return Adapter.model_validate(
             self._client.request("PATCH", self._item(workspace, name, model_name), json=fields).json()
         )

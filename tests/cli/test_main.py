@@ -1,0 +1,40 @@
+"""The CLI drives a live server through the SDK."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from modelyard.cli.main import app
+
+runner = CliRunner()
+
+
+def test_help_lists_commands() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("serve", "workspaces", "models", "adapters"):
+        assert command in result.output
+
+
+def test_models_and_adapters_round_trip(live_server: str) -> None:
+    url = ["--url", live_server]
+    assert runner.invoke(app, ["models", "create", "cli-base", *url]).exit_code == 0
+    result = runner.invoke(app, ["adapters", "create", "cli-ad", "--model", "cli-base", "--fileset", "fs1", *url])
+    assert result.exit_code == 0, result.output
+    listed = runner.invoke(app, ["adapters", "list", "--json", *url])
+    assert [a["name"] for a in json.loads(listed.output)] == ["cli-ad"]
+    shown = json.loads(runner.invoke(app, ["models", "get", "cli-base", *url]).output)
+    assert shown["adapters"][0]["model"] == "default/cli-base"
+
+
+def test_errors_exit_nonzero_with_the_server_message(live_server: str) -> None:
+    result = runner.invoke(app, ["models", "get", "ghost-model", "--url", live_server])
+    assert result.exit_code == 1
+    assert "Model with workspace 'default' and name 'ghost-model' not found" in result.output
+
+
+def test_unreachable_server_is_a_clear_error() -> None:
+    result = runner.invoke(app, ["models", "list", "--url", "http://127.0.0.1:9"])
+    assert result.exit_code == 1 and "cannot reach" in result.output

@@ -1,0 +1,121 @@
+"""Fixtures: every store and API test runs on SQLite and on PostgreSQL.
+
+PostgreSQL is the server on 127.0.0.1:5432 (override with MODELYARD_TEST_PG_URL, an admin URL).
+Each test session creates its own database there and drops it at the end. In CI
+(``CI=true``) an unreachable server fails the run; elsewhere those tests are skipped with a
+message saying how to enable them.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+import uvicorn
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from modelyard.app import create_app
+from modelyard.client import Modelyard
+from modelyard.config import Settings
+from modelyard.db.engine import Database
+
+PG_ADMIN_URL = os.environ.get("MODELYARD_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+TRUSTED = ["trusted"]
+
+
+def _pg_reachable() -> str | None:
+    try:
+        engine = sa.create_engine(PG_ADMIN_URL)
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+        engine.dispose()
+        return None
+    except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
+        return str(exc).splitlines()[0]
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    problem = _pg_reachable()
+    if problem:
+        message = f"PostgreSQL not reachable at {PG_ADMIN_URL} ({problem}); set MODELYARD_TEST_PG_URL"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    name = f"modelyard_test_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = sa.engine.make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    yield url
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    if request.param == "postgresql":
+        return request.getfixturevalue("postgres_url")
+    return f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'modelyard.db'}"
+
+
+def _reset(url: str) -> None:
+    """Empty the registry between tests, keeping the built-in workspaces (a migrated schema)."""
+    db = Database(url)
+    db.migrate()
+    with db.session(write=True) as session:
+        session.execute(sa.text("DELETE FROM adapters"))
+        session.execute(sa.text("DELETE FROM models"))
+        session.execute(sa.text("DELETE FROM workspaces WHERE name NOT IN ('default', 'system')"))
+    db.dispose()
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    _reset(database_url)
+    return Settings(home=tmp_path / "home", database_url=database_url, trusted_fileset_workspaces=TRUSTED)
+
+
+@pytest.fixture
+def app(settings: Settings) -> FastAPI:
+    return create_app(settings)
+
+
+@pytest.fixture
+def client(app: FastAPI) -> Iterator[Modelyard]:
+    """The SDK wired to the app in-process: client and server are tested together."""
+    with TestClient(app) as http:
+        yield Modelyard("http://testserver", http_client=http)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def live_server(app: FastAPI) -> Iterator[str]:
+    """A real uvicorn server on a free port (for concurrency and CLI tests); yields its URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("test server did not start")
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)

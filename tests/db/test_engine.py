@@ -1,0 +1,44 @@
+"""Migrations create the schema (never create_all) and are safe to run again."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from modelyard.db.engine import Database
+
+
+def test_migrate_is_idempotent_and_seeds_workspaces(database_url: str) -> None:
+    db = Database(database_url)
+    db.migrate()
+    db.migrate()
+    with db.engine.connect() as conn:
+        names = set(conn.execute(sa.text("SELECT name FROM workspaces")).scalars())
+        version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one()
+    assert {"default", "system"} <= names
+    assert version == "0001"
+    db.dispose()
+
+
+def test_fresh_sqlite_file_is_created_under_home(tmp_path) -> None:  # noqa: ANN001
+    url = f"sqlite:///{tmp_path / 'nested' / 'modelyard.db'}"
+    db = Database(url)
+    db.migrate()
+    assert (tmp_path / "nested" / "modelyard.db").exists()
+    assert db.ping() and db.backend == "sqlite"
+    db.dispose()
+
+
+def test_failed_write_leaves_nothing(database_url: str) -> None:
+    db = Database(database_url)
+    db.migrate()
+    try:
+        with db.session(write=True) as session:
+            session.execute(sa.text(
+                "INSERT INTO workspaces (name, created_at, updated_at) VALUES ('half-done', '2024-01-01', '2024-01-01')"
+            ))
+            raise RuntimeError("boom")
+    except RuntimeError:
+        pass
+    with db.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM workspaces WHERE name='half-done'")).scalar_one() == 0
+    db.dispose()

@@ -1,0 +1,75 @@
+import pytest
+
+from modelyard.client import ConflictError, Modelyard, NotFoundError, UnprocessableEntityError
+
+
+def test_new_database_has_default_and_system(client: Modelyard) -> None:
+    names = [w.name for w in client.workspaces.list().data]
+    assert {"default", "system"} <= set(names)
+
+
+def test_create_get_delete(client: Modelyard) -> None:
+    created = client.workspaces.create("research-team", description="NLP")
+    assert created.name == "research-team" and created.description == "NLP"
+    assert client.workspaces.retrieve("research-team").created_at == created.created_at
+    client.workspaces.delete("research-team")
+    with pytest.raises(NotFoundError) as err:
+        client.workspaces.retrieve("research-team")
+    assert err.value.detail == "Workspace 'research-team' not found"
+
+
+@pytest.mark.parametrize(
+    "name", ["A-team", "x", "a--b", "team-", "1team", "has space", "a" * 64, "a/b"]
+)
+def test_invalid_names_are_422(client: Modelyard, name: str) -> None:
+    with pytest.raises(UnprocessableEntityError) as err:
+        client.workspaces.create(name)
+    assert err.value.detail[0]["loc"] == ["body", "name"]
+
+
+@pytest.mark.parametrize("name", ["ab", "team.a@b+c_d", "a" * 63, "a-b-c"])
+def test_valid_names(client: Modelyard, name: str) -> None:
+    assert client.workspaces.create(name).name == name
+
+
+def test_duplicate_is_409(client: Modelyard) -> None:
+    client.workspaces.create("dup-ws")
+    with pytest.raises(ConflictError) as err:
+        client.workspaces.create("dup-ws")
+    assert "dup-ws" in err.value.detail
+
+
+def test_delete_workspace_holding_models_is_409(client: Modelyard) -> None:
+    client.workspaces.create("busy")
+    client.models.create("busy", name="m1")
+    with pytest.raises(ConflictError) as err:
+        client.workspaces.delete("busy")
+    assert "still holds" in err.value.detail
+    client.models.delete("busy", "m1")
+    client.workspaces.delete("busy")
+
+
+def test_delete_workspace_holding_adapters_is_409(client: Modelyard) -> None:
+    client.workspaces.create("base-ws")
+    client.workspaces.create("adapter-ws")
+    client.models.create("base-ws", name="base")
+    client.adapters.create("adapter-ws", model="base-ws/base", name="ad", fileset="adapter-ws/files", finetuning_type="lora")
+    with pytest.raises(ConflictError):
+        client.workspaces.delete("adapter-ws")
+
+
+def test_builtin_workspaces_cannot_be_deleted(client: Modelyard) -> None:
+    with pytest.raises(ConflictError):
+        client.workspaces.delete("default")
+
+
+def test_delete_unknown_is_404(client: Modelyard) -> None:
+    with pytest.raises(NotFoundError):
+        client.workspaces.delete("ghost")
+
+
+def test_list_filters_and_sort(client: Modelyard) -> None:
+    for name in ("zeta", "alpha", "mid"):
+        client.workspaces.create(name)
+    page = client.workspaces.list(sort="-name", filters={"name": {"$in": ["zeta", "alpha", "mid"]}})
+    assert [w.name for w in page.data] == ["zeta", "mid", "alpha"]
