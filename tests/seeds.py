@@ -20,14 +20,14 @@ def seed_text(prefix: str) -> str:
 def example(prefix: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """The (request, response) JSON examples of a seed page."""
     text = seed_text(prefix)
-    request = re.search(r"\*\*Request\*\*\s*```json\n(.*?)```", text, re.S)
-    response = re.search(r"\*\*Response\*\*\s*```json\n(.*?)```", text, re.S)
+    request = re.search(r"\*\*Request\*\*\s*```json\n(.*?)```", text, re.DOTALL)
+    response = re.search(r"\*\*Response\*\*\s*```json\n(.*?)```", text, re.DOTALL)
     assert request and response, f"seed {prefix} has no request/response example"
     return json.loads(request.group(1)), json.loads(response.group(1))
 
 
 def openapi_schemas(prefix: str) -> dict[str, Any]:
     text = seed_text(prefix)
-    block = re.search(r"```yaml\n(.*?)```", text, re.S)
+    block = re.search(r"```yaml\n(.*?)```", text, re.DOTALL)
     assert block, f"seed {prefix} has no OpenAPI block"
     return yaml.safe_load(block.group(1))["components"]["schemas"]

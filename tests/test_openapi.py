@@ -37,7 +37,7 @@ def test_finetuning_type_has_25_values(ours: dict) -> None:
     assert len(ours["FinetuningType"]["enum"]) == 25
 
 
-def test_docs_are_served(tmp_path) -> None:  # noqa: ANN001
+def test_docs_are_served(tmp_path) -> None:
     with TestClient(create_app(Settings(home=tmp_path))) as http:
         assert http.get("/docs").status_code == 200
         paths = http.get("/openapi.json").json()["paths"]

@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from fastapi import Query, Request
 from pydantic import BaseModel
@@ -198,9 +198,9 @@ def query_dependency(fields: Mapping[str, FilterField]) -> Callable[..., ListQue
     """A FastAPI dependency that reads ``page``, ``page_size``, ``sort`` and ``filter[...]``."""
     def dependency(
         request: Request,
-        page: int = Query(1, ge=1, description="Page number, from 1"),
-        page_size: int = Query(DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE, description="Items per page"),
-        sort: SortParam = Query("created_at", description="Sort field; prefix '-' for descending"),
+        page: Annotated[int, Query(ge=1, description="Page number, from 1")] = 1,
+        page_size: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="Items per page")] = DEFAULT_PAGE_SIZE,
+        sort: Annotated[SortParam, Query(description="Sort field; prefix '-' for descending")] = "created_at",
     ) -> ListQuery:
         return parse_list_query(request.query_params, fields, sort=sort, page=page, page_size=page_size)
 

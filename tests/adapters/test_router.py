@@ -165,7 +165,7 @@ def test_list_filters(base: Modelyard) -> None:
                          enabled=False)
     base.adapters.create("team-c", model="default/base-model", name="c-lora", fileset="fs3", finetuning_type="lora")
 
-    def names(workspace: str = "default", **filters) -> list[str]:  # noqa: ANN003
+    def names(workspace: str = "default", **filters) -> list[str]:
         return sorted(a.name for a in base.adapters.list(workspace, filters=filters).data)
 
     assert names(enabled=True) == ["a-lora"]

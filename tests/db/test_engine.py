@@ -19,7 +19,7 @@ def test_migrate_is_idempotent_and_seeds_workspaces(database_url: str) -> None:
     db.dispose()
 
 
-def test_fresh_sqlite_file_is_created_under_home(tmp_path) -> None:  # noqa: ANN001
+def test_fresh_sqlite_file_is_created_under_home(tmp_path) -> None:
     url = f"sqlite:///{tmp_path / 'nested' / 'modelyard.db'}"
     db = Database(url)
     db.migrate()

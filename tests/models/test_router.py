@@ -204,7 +204,7 @@ def test_api_key_is_masked_on_every_route(client: Modelyard) -> None:
     assert short.api_endpoint.api_key == "***"
 
 
-def test_real_key_survives_masked_echo(client: Modelyard, app) -> None:  # noqa: ANN001
+def test_real_key_survives_masked_echo(client: Modelyard, app) -> None:
     import sqlalchemy as sa
 
     client.models.create("default", name="echo", api_endpoint={"api_key": "sk-0123456789"})
@@ -270,7 +270,7 @@ def catalog(client: Modelyard) -> Modelyard:
     return client
 
 
-def _names(page) -> list[str]:  # noqa: ANN001
+def _names(page) -> list[str]:
     return [m.name for m in page.data]
 
 

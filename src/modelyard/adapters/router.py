@@ -7,7 +7,12 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Response
 
 from modelyard.adapters import service, store
-from modelyard.adapters.schemas import Adapter, CreateAdapterRequest, CreateModelAdapterRequest, UpdateAdapterRequest
+from modelyard.adapters.schemas import (
+    Adapter,
+    CreateAdapterRequest,
+    CreateModelAdapterRequest,
+    UpdateAdapterRequest,
+)
 from modelyard.db.session import SessionDep
 from modelyard.listing import ListQuery, Page, query_dependency
 

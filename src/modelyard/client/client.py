@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 import httpx
 from pydantic import BaseModel
@@ -119,7 +119,7 @@ class Modelyard:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> Modelyard:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *_: object) -> None:

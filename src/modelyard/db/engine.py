@@ -9,6 +9,7 @@ them failing with "database is locked" when it upgrades a read lock mid-transact
 from __future__ import annotations
 
 import secrets
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -22,6 +23,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 _WRITE_OPTION = "modelyard_write"
+MAX_SESSIONS = 16
+"""Sessions open at once per process; the connection pool holds as many (see db/session.py)."""
 
 
 def utcnow() -> datetime:
@@ -34,15 +37,20 @@ def make_engine(url: str) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = create_engine(
+            url,
+            connect_args={"timeout": 30, "check_same_thread": False},
+            pool_size=MAX_SESSIONS,
+            max_overflow=4,
+        )
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
             dbapi_connection.isolation_level = None  # let the "begin" hook below start transactions
             cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA busy_timeout=30000")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
 
         @event.listens_for(engine, "begin")
@@ -51,7 +59,7 @@ def make_engine(url: str) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
         return engine
-    return create_engine(url, pool_size=20, max_overflow=20, pool_pre_ping=True)
+    return create_engine(url, pool_size=MAX_SESSIONS, max_overflow=4, pool_pre_ping=True)
 
 
 class Database:
@@ -62,6 +70,11 @@ class Database:
         self.engine = make_engine(url)
         self.backend = self.engine.dialect.name
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # SQLite admits one writer; queueing this process's writers on a lock is fair and prompt,
+        # where SQLite's own busy handler polls with sleeps of up to 100 ms. Other processes still
+        # meet busy_timeout. (A plain Lock may be released by another thread, as a request's
+        # session can be opened and closed on different worker threads.)
+        self._write_lock = threading.Lock() if self.backend == "sqlite" else None
 
     def migrate(self) -> None:
         """Bring the schema to the newest revision (idempotent)."""
@@ -74,6 +87,7 @@ class Database:
     @contextmanager
     def session(self, *, write: bool = False) -> Iterator[Session]:
         """A unit of work: commits when the block ends normally, rolls back otherwise."""
+        locked = write and self._write_lock is not None and self._write_lock.acquire()
         session = self._sessions()
         try:
             if write:
@@ -85,13 +99,15 @@ class Database:
             raise
         finally:
             session.close()
+            if locked:
+                self._write_lock.release()
 
     def ping(self) -> bool:
         try:
             with self.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
             return True
-        except Exception:
+        except Exception:  # noqa: BLE001 - health reports any failure as 'not reachable'
             return False
 
     def dispose(self) -> None:

@@ -3,6 +3,12 @@
 ``scope="function"`` makes the commit happen before the response is sent, so a client that
 got a 201 can read what it wrote on the next request. Anything but GET/HEAD takes the write
 lock up front on SQLite (see :mod:`modelyard.db.engine`).
+
+``max_concurrency`` bounds the sessions open at once below the worker-thread pool (40 threads in
+anyio). Without it, under load every worker thread can end up blocked waiting for the SQLite write
+lock or a pooled connection while the request that holds it waits for a free thread to run its
+endpoint or its commit: a deadlock that only breaks when the 30 s timeouts fire. Requests over
+the bound wait without holding a thread.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
-from modelyard.db.engine import Database
+from modelyard.db.engine import MAX_SESSIONS, Database
 
 
 def get_session(request: Request) -> Iterator[Session]:
@@ -22,4 +28,4 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
-SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+SessionDep = Annotated[Session, Depends(get_session, scope="function", max_concurrency=MAX_SESSIONS)]
