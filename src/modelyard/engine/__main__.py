@@ -1,0 +1,41 @@
+"""``python -m modelyard.engine --model PATH --port P``: serve a checkpoint with runtime LoRA."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import uvicorn
+
+from modelyard.engine.core import Engine
+from modelyard.engine.server import create_engine_app
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m modelyard.engine",
+        description="Modelyard's built-in engine: one Hugging Face causal LM on the CPU, many LoRA adapters "
+        "batched together, behind the OpenAI API and vLLM's /v1/load_lora_adapter and /v1/unload_lora_adapter.",
+    )
+    parser.add_argument("--model", required=True, help="local Hugging Face checkpoint directory")
+    parser.add_argument("--served-model-name", help="name clients use for the base model (default: --model)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8001)
+    parser.add_argument("--max-loras", type=int, default=4, help="adapters resident in the batched weights")
+    parser.add_argument("--max-cpu-loras", type=int, default=None, help="adapters kept parsed in memory (LRU)")
+    parser.add_argument("--max-lora-rank", type=int, default=16, help="largest adapter rank accepted")
+    parser.add_argument("--max-batch", type=int, default=32, help="requests decoded together")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    engine = Engine(
+        args.model, max_loras=args.max_loras, max_cpu_loras=args.max_cpu_loras, max_lora_rank=args.max_lora_rank,
+        max_batch=args.max_batch, served_name=args.served_model_name,
+    )
+    try:
+        uvicorn.run(create_engine_app(engine), host=args.host, port=args.port, log_level="warning")
+    finally:
+        engine.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,387 @@
+"""The scheduler: continuous batching of requests for many adapters over one base model.
+
+One thread owns the model. Each loop turn it admits waiting requests (a prefill each, alone), merges
+their KV caches into the running batch, and runs one decode step for every running row at once;
+requests join and leave between steps. The batch cache is left-padded to a common length with an
+attention mask, and each row carries its own position ids, so a row's numbers do not depend on
+its neighbours. Rows of one step may use different adapters: see :mod:`modelyard.engine.lora`.
+
+Adapter tiers, as in vLLM: ``max_loras`` adapters are resident in the batched weights; up to
+``max_cpu_loras`` more are kept parsed in memory (least recently used out); any other loaded
+adapter is read again from its path when a request needs it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+
+from modelyard.engine.lora import AdapterError, LoraBank, LoraWeights, base_layer_shapes, read_adapter
+
+log = logging.getLogger("modelyard.engine")
+
+
+class UnknownAdapter(KeyError):
+    pass
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+
+@dataclass
+class Generation:
+    """One request's life in the engine. ``emit`` receives ("text", delta) and ("done", reason)."""
+
+    prompt_ids: list[int]
+    adapter: str | None
+    params: SamplingParams
+    emit: Callable[[tuple[str, Any]], None]
+    output_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    sent: int = 0  # characters of ``text`` already emitted
+    finish_reason: str | None = None
+    slot: int = 0
+    position: int = 0
+    generator: torch.Generator | None = None
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.output_ids)
+
+
+class Engine:
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        max_loras: int = 4,
+        max_cpu_loras: int | None = None,
+        max_lora_rank: int = 16,
+        max_batch: int = 32,
+        served_name: str | None = None,
+    ) -> None:
+        self.model_path = str(model_path)
+        self.served_name = served_name or self.model_path
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        self.model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32).eval()
+        self.max_context = int(getattr(self.model.config, "max_position_embeddings", 2048) or 2048)
+        self.max_loras = max_loras
+        self.max_cpu_loras = max(max_cpu_loras if max_cpu_loras is not None else max_loras, max_loras)
+        self.max_lora_rank = max_lora_rank
+        self.max_batch = max_batch
+        self.layer_shapes = base_layer_shapes(self.model)
+        self.bank = LoraBank(self.model, slots=max_loras, max_rank=max_lora_rank)
+
+        self.adapters: dict[str, str] = {}  # loaded adapters: name -> path
+        self.cpu_cache: OrderedDict[str, LoraWeights] = OrderedDict()
+        self.resident: OrderedDict[str, int] = OrderedDict()  # name -> slot, LRU first
+        self.rows_per_slot: dict[int, int] = {}
+        self.retired: set[str] = set()  # unloaded names whose slots the engine thread must retire
+
+        self.pending: deque[Generation] = deque()
+        self.running: list[Generation] = []
+        self.cache: DynamicCache | None = None
+        self.mask: torch.Tensor | None = None
+        self.cond = threading.Condition()
+        self.stopped = False
+        self.steps = 0
+        self.thread = threading.Thread(target=self._loop, name="engine", daemon=True)
+        self.thread.start()
+
+    # ----- adapters (called from request threads) -------------------------------------------------
+
+    def load_adapter(self, name: str, path: str) -> None:
+        """Validate and register an adapter. Parsing happens outside the lock: a bad adapter never
+        touches the running batch."""
+        if name in self.adapters:
+            raise AdapterError(f"The lora adapter '{name}' has already been loaded.")
+        weights = read_adapter(name, path, max_rank=self.max_lora_rank, layer_shapes=self.layer_shapes)
+        with self.cond:
+            if name in self.adapters:
+                raise AdapterError(f"The lora adapter '{name}' has already been loaded.")
+            self.adapters[name] = path
+            self._cache_weights(weights)
+        log.info("adapter loaded", extra={"adapter": name, "path": path, "rank": weights.rank})
+
+    def unload_adapter(self, name: str) -> None:
+        """Forget an adapter. Its slot is retired by the engine thread once no running row uses it."""
+        with self.cond:
+            if name not in self.adapters:
+                raise UnknownAdapter(name)
+            del self.adapters[name]
+            self.cpu_cache.pop(name, None)
+            self.retired.add(name)
+            self.cond.notify()
+        log.info("adapter unloaded", extra={"adapter": name})
+
+    def _cache_weights(self, weights: LoraWeights) -> None:
+        self.cpu_cache[weights.name] = weights
+        self.cpu_cache.move_to_end(weights.name)
+        while len(self.cpu_cache) > self.max_cpu_loras:
+            self.cpu_cache.popitem(last=False)
+
+    # ----- requests ----------------------------------------------------------------------------
+
+    def submit(self, generation: Generation) -> None:
+        with self.cond:
+            if generation.adapter is not None and generation.adapter not in self.adapters:
+                raise UnknownAdapter(generation.adapter)
+            if generation.params.seed is not None:
+                generation.generator = torch.Generator().manual_seed(generation.params.seed)
+            self.pending.append(generation)
+            self.cond.notify()
+
+    def shutdown(self) -> None:
+        with self.cond:
+            self.stopped = True
+            self.cond.notify()
+        self.thread.join(timeout=10)
+
+    # ----- the loop (engine thread only) -----------------------------------------------------------
+
+    def _loop(self) -> None:
+        """Hold the lock only to take new work: forward passes run without it, so submitting a
+        request never waits behind a step (Python locks are not fair, and a loop that re-takes the
+        lock after every step would starve submitters)."""
+        while True:
+            with self.cond:
+                while not self.stopped and not self.pending and not self.running and not self.retired:
+                    self.cond.wait()
+                if self.stopped:
+                    return
+                incoming = list(self.pending)
+                self.pending.clear()
+                retired, self.retired = self.retired, set()
+            try:
+                self._retire(retired)
+                with torch.inference_mode():
+                    self._admit(incoming)
+                    if self.running:
+                        self._decode_step()
+            except Exception as exc:
+                log.exception("engine step failed")
+                for gen in self.running + incoming:
+                    if gen.finish_reason is None:
+                        gen.emit(("error", f"engine error: {exc}"))
+                self.running, self.cache, self.mask = [], None, None
+                self.rows_per_slot.clear()
+
+    def _retire(self, names: set[str]) -> None:
+        """Unloaded adapters leave their slots; one still in use is renamed so no new request
+        matches it, and is cleared when its last row finishes (see :meth:`_release`)."""
+        for name in names:
+            slot = self.resident.pop(name, None)
+            if slot is None:
+                continue
+            if self.rows_per_slot.get(slot):
+                self.resident[f"{name}\0retired"] = slot
+            else:
+                self.bank.clear(slot)
+
+    def _slot_for(self, adapter: str | None) -> int | None:
+        """A resident slot for ``adapter`` (0 for the base), loading it if a slot is free; None = wait."""
+        if adapter is None:
+            return 0
+        if adapter not in self.adapters:
+            raise UnknownAdapter(adapter)
+        if adapter in self.resident:
+            self.resident.move_to_end(adapter)
+            return self.resident[adapter]
+        used = set(self.resident.values())
+        free = next((s for s in range(1, self.max_loras + 1) if s not in used), None)
+        if free is None:  # evict the least recently used resident adapter no running row needs
+            victim = next((n for n, s in self.resident.items() if not self.rows_per_slot.get(s)), None)
+            if victim is None:
+                return None
+            free = self.resident.pop(victim)
+        with self.cond:
+            weights = self.cpu_cache.get(adapter)
+            path = self.adapters.get(adapter)
+            if weights is not None:
+                self.cpu_cache.move_to_end(adapter)
+        if weights is None:
+            if path is None:  # unloaded in the meantime
+                raise UnknownAdapter(adapter)
+            weights = read_adapter(adapter, path, max_rank=self.max_lora_rank, layer_shapes=self.layer_shapes)
+            with self.cond:
+                self._cache_weights(weights)
+        self.bank.write(free, weights)
+        self.resident[adapter] = free
+        return free
+
+    def _admit(self, incoming: list[Generation]) -> None:
+        waiting: list[Generation] = []
+        for gen in incoming:
+            if len(self.running) >= self.max_batch:
+                waiting.append(gen)
+                continue
+            try:
+                slot = self._slot_for(gen.adapter)
+            except UnknownAdapter:
+                gen.emit(("error", f"adapter '{gen.adapter}' was unloaded"))
+                continue
+            if slot is None:
+                waiting.append(gen)
+                continue
+            gen.slot = slot
+            self.rows_per_slot[slot] = self.rows_per_slot.get(slot, 0) + 1
+            self._prefill(gen)
+        if waiting:
+            with self.cond:
+                self.pending.extendleft(reversed(waiting))
+
+    def _prefill(self, gen: Generation) -> None:
+        ids = torch.tensor([gen.prompt_ids], dtype=torch.long)
+        self.bank.set_rows([gen.slot])
+        out = self.model(
+            input_ids=ids, position_ids=torch.arange(ids.shape[1]).unsqueeze(0), use_cache=True
+        )
+        gen.position = ids.shape[1]
+        if self._advance(gen, out.logits[0, -1]):
+            self._release(gen)
+            return
+        self._merge(out.past_key_values, torch.ones(1, ids.shape[1], dtype=torch.long))
+        self.running.append(gen)
+
+    def _decode_step(self) -> None:
+        rows = self.running
+        assert self.cache is not None and self.mask is not None
+        input_ids = torch.tensor([[g.output_ids[-1]] for g in rows], dtype=torch.long)
+        positions = torch.tensor([[g.position] for g in rows], dtype=torch.long)
+        mask = torch.cat([self.mask, torch.ones(len(rows), 1, dtype=torch.long)], dim=1)
+        self.bank.set_rows([g.slot for g in rows])
+        out = self.model(
+            input_ids=input_ids, attention_mask=mask, position_ids=positions,
+            past_key_values=self.cache, use_cache=True,
+        )
+        self.cache, self.mask = out.past_key_values, mask
+        self.steps += 1
+        keep: list[int] = []
+        for i, gen in enumerate(rows):
+            gen.position += 1
+            if self._advance(gen, out.logits[i, -1]):
+                self._release(gen)
+            else:
+                keep.append(i)
+        if len(keep) != len(rows):
+            self._select(keep)
+
+    # ----- per-row token handling ----------------------------------------------------------------
+
+    def _advance(self, gen: Generation, logits: torch.Tensor) -> bool:
+        """Sample one token for ``gen``, emit new text; True when the request is finished."""
+        token = _sample(logits, gen.params, gen.generator)
+        eos = self.tokenizer.eos_token_id
+        if token == eos:
+            return self._finish(gen, "stop")
+        gen.output_ids.append(token)
+        gen.text = self.tokenizer.decode(gen.output_ids, skip_special_tokens=True)
+        for stop in gen.params.stop:
+            at = gen.text.find(stop)
+            if stop and at != -1:
+                gen.text = gen.text[:at]
+                return self._finish(gen, "stop")
+        if len(gen.output_ids) >= gen.params.max_tokens or gen.position + 1 >= self.max_context:
+            return self._finish(gen, "length")
+        # hold back a tail that could still become a stop string or an incomplete character
+        hold = max((len(s) - 1 for s in gen.params.stop), default=0)
+        safe = len(gen.text) - hold
+        if gen.text.endswith("\ufffd"):
+            safe = min(safe, len(gen.text) - 1)
+        if safe > gen.sent:
+            gen.emit(("text", gen.text[gen.sent:safe]))
+            gen.sent = safe
+        return False
+
+    def _finish(self, gen: Generation, reason: str) -> bool:
+        if len(gen.text) > gen.sent:
+            gen.emit(("text", gen.text[gen.sent:]))
+            gen.sent = len(gen.text)
+        gen.finish_reason = reason
+        gen.emit(("done", reason))
+        return True
+
+    def _release(self, gen: Generation) -> None:
+        count = self.rows_per_slot.get(gen.slot, 0) - 1
+        self.rows_per_slot[gen.slot] = max(count, 0)
+        if gen.slot and count <= 0:
+            name = next((n for n, s in self.resident.items() if s == gen.slot), None)
+            if name is not None and name.endswith("\0retired"):  # unloaded while it ran
+                del self.resident[name]
+                self.bank.clear(gen.slot)
+
+    # ----- batch cache surgery -------------------------------------------------------------------
+
+    def _merge(self, cache: DynamicCache, mask: torch.Tensor) -> None:
+        if self.cache is None or self.mask is None or not self.running:
+            self.cache, self.mask = cache, mask
+            return
+        length = max(self.mask.shape[1], mask.shape[1])
+        data = []
+        for old, new in zip(self.cache.layers, cache.layers, strict=True):
+            data.append((
+                torch.cat([_left_pad(old.keys, length, 2), _left_pad(new.keys, length, 2)]),
+                torch.cat([_left_pad(old.values, length, 2), _left_pad(new.values, length, 2)]),
+            ))
+        self.cache = DynamicCache(ddp_cache_data=data)
+        self.mask = torch.cat([_left_pad(self.mask, length, 1), _left_pad(mask, length, 1)])
+
+    def _select(self, keep: list[int]) -> None:
+        self.running = [self.running[i] for i in keep]
+        if not keep:
+            self.cache, self.mask = None, None
+            return
+        index = torch.tensor(keep, dtype=torch.long)
+        mask = self.mask.index_select(0, index)
+        start = int((mask.sum(0) > 0).nonzero()[0])  # drop columns that are padding for every row
+        data = [
+            (layer.keys.index_select(0, index)[:, :, start:], layer.values.index_select(0, index)[:, :, start:])
+            for layer in self.cache.layers
+        ]
+        self.cache = DynamicCache(ddp_cache_data=data)
+        self.mask = mask[:, start:]
+
+
+def _left_pad(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:
+    missing = length - tensor.shape[dim]
+    if missing == 0:
+        return tensor
+    pad = [0, 0] * (tensor.ndim - dim - 1) + [missing, 0]
+    return F.pad(tensor, pad)
+
+
+def _sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
+    if params.temperature <= 0:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits.float() / params.temperature, dim=-1)
+    if params.top_p < 1.0:
+        ordered, order = torch.sort(probs, descending=True)
+        keep = torch.cumsum(ordered, dim=-1) - ordered < params.top_p
+        keep[0] = True
+        probs = torch.zeros_like(probs).scatter(0, order[keep], ordered[keep])
+    return int(torch.multinomial(probs / probs.sum(), 1, generator=generator))
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from modelyard.engine.core import Engine, Generation, SamplingParams
+from modelyard.engine.fixtures import build_fixture_set
+
+
+@pytest.fixture(scope="session")
+def fixture_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny llama, its trained tokenizer and three trained adapters (built once per run)."""
+    return build_fixture_set(tmp_path_factory.mktemp("fixtures"))
+
+
+def generate(engine: Engine, prompt: str, adapter: str | None, **params) -> Generation:
+    """Submit and return the Generation; call ``.done.wait()`` on the result before reading it."""
+    done = threading.Event()
+
+    def emit(event: tuple) -> None:
+        gen.events.append(event)
+        if event[0] in ("done", "error"):
+            done.set()
+
+    sampling = SamplingParams(**{"max_tokens": 12, "temperature": 0.0, **params})
+    gen = Generation(engine.tokenizer(prompt)["input_ids"], adapter, sampling, emit)
+    gen.events = []  # type: ignore[attr-defined]
+    gen.done = done  # type: ignore[attr-defined]
+    engine.submit(gen)
+    return gen
+
+
+def run(engine: Engine, prompt: str, adapter: str | None, **params) -> Generation:
+    gen = generate(engine, prompt, adapter, **params)
+    assert gen.done.wait(60), "generation did not finish"  # type: ignore[attr-defined]
+    return gen
