@@ -41,7 +41,7 @@ def base_layer_shapes(model: nn.Module) -> dict[str, tuple[int, int]]:
     shapes: dict[str, tuple[int, int]] = {}
     for name, module in model.named_modules():
         if isinstance(module, BatchedLoraLinear):
-            base, name = module.base, name  # report the wrapped layer under its own name
+            base = module.base  # report the wrapped layer under its own name
         elif name.endswith(".base") and isinstance(model.get_submodule(name[: -len(".base")]), BatchedLoraLinear):
             continue
         else:
