@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from modelyard.db.engine import insert_unique
 from modelyard.db.tables import Adapter
-from modelyard.errors import AlreadyExists, NotFound
+from modelyard.errors import NotFound
 from modelyard.listing import FilterField, ListQuery, Pagination, run_list_query
 
 FILTERS = {
@@ -31,13 +31,7 @@ def get(session: Session, workspace: str, name: str) -> Adapter:
 
 
 def add(session: Session, row: Adapter) -> Adapter:
-    session.add(row)
-    try:
-        session.flush()
-    except IntegrityError:
-        raise AlreadyExists(
-            f"Adapter with workspace '{row.workspace}' and name '{row.name}' already exists"
-        ) from None
+    insert_unique(session, row, f"Adapter with workspace '{row.workspace}' and name '{row.name}' already exists")
     return row
 
 

@@ -19,7 +19,10 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
+
+from modelyard.errors import AlreadyExists
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 _WRITE_OPTION = "modelyard_write"
@@ -120,3 +123,15 @@ _BASE58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 def new_id(prefix: str, length: int = 22) -> str:
     """``prefix-`` + a random base58 string (about 128 bits with the default length)."""
     return f"{prefix}-" + "".join(secrets.choice(_BASE58) for _ in range(length))
+
+
+def insert_unique(session: Session, row: object, conflict: str) -> None:
+    """Insert ``row`` now; a unique-constraint failure becomes :class:`AlreadyExists` (409).
+
+    The database decides, so concurrent creates of one name cannot both pass a read-then-write check.
+    """
+    session.add(row)
+    try:
+        session.flush()
+    except IntegrityError:
+        raise AlreadyExists(conflict) from None

@@ -7,11 +7,11 @@ from collections.abc import Sequence
 
 from sqlalchemy import delete as sql_delete
 from sqlalchemy import exists, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from modelyard.db.engine import insert_unique
 from modelyard.db.tables import Adapter, Model
-from modelyard.errors import AlreadyExists, NotFound
+from modelyard.errors import NotFound
 from modelyard.listing import FilterField, ListQuery, Pagination, run_list_query
 
 _HAS_ADAPTERS = exists().where(Adapter.model_id == Model.id)
@@ -42,13 +42,7 @@ def get(session: Session, workspace: str, name: str) -> Model:
 
 
 def add(session: Session, row: Model) -> Model:
-    session.add(row)
-    try:
-        session.flush()
-    except IntegrityError:
-        raise AlreadyExists(
-            f"Model with workspace '{row.workspace}' and name '{row.name}' already exists"
-        ) from None
+    insert_unique(session, row, f"Model with workspace '{row.workspace}' and name '{row.name}' already exists")
     return row
 
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from sqlalchemy import exists, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from modelyard.db.engine import insert_unique
 from modelyard.db.tables import Adapter, Model, Workspace
-from modelyard.errors import AlreadyExists, NotFound
+from modelyard.errors import NotFound
 from modelyard.listing import FilterField, ListQuery, Pagination, run_list_query
 
 FILTERS = {
@@ -33,11 +33,7 @@ def require(session: Session, name: str) -> None:
 
 
 def add(session: Session, row: Workspace) -> Workspace:
-    session.add(row)
-    try:
-        session.flush()
-    except IntegrityError:
-        raise AlreadyExists(f"Workspace with name '{row.name}' already exists") from None
+    insert_unique(session, row, f"Workspace with name '{row.name}' already exists")
     return row
 
 
