@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -36,3 +38,12 @@ def run(engine: Engine, prompt: str, adapter: str | None, **params) -> Generatio
     gen = generate(engine, prompt, adapter, **params)
     assert gen.done.wait(60), "generation did not finish"  # type: ignore[attr-defined]
     return gen
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True

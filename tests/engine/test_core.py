@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from modelyard.engine.core import Engine, UnknownAdapter, wait_until
+from modelyard.engine.core import Engine, UnknownAdapter
 from modelyard.engine.lora import AdapterError
-from tests.engine.conftest import generate, run
+from tests.engine.conftest import generate, run, wait_until
 
 PROMPTS = ["Tell me about", "The chef", "Stars and", "one two"]
 ADAPTERS = [None, "pirate", "chef", "space"]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -377,11 +376,3 @@ def _sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Gener
         probs = torch.zeros_like(probs).scatter(0, order[keep], ordered[keep])
     return int(torch.multinomial(probs / probs.sum(), 1, generator=generator))
 
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
