@@ -1,7 +1,7 @@
 """Multi-LoRA throughput of the built-in engine against plain peft, on a model where arithmetic dominates.
 
 16 concurrent requests (same prompt length, same max_tokens, greedy) on a fixture llama with
-hidden size 512, run five ways in one process:
+hidden size 1024 by default (``--hidden``), run five ways in one process:
   engine/base      all 16 on the base model
   engine/one       all 16 on one adapter
   engine/distinct  each on a different adapter (16 adapters resident)
@@ -25,9 +25,9 @@ from modelyard.engine.core import Engine, Generation, SamplingParams
 from modelyard.engine.fixtures import ADAPTER_TEXTS, TinyModelShape, build_adapter, build_base_model
 
 
-def build(root: Path, adapters: int) -> tuple[Path, list[Path]]:
-    shape = TinyModelShape(hidden_size=512, intermediate_size=1376, num_hidden_layers=4,
-                           num_attention_heads=8, num_key_value_heads=8)
+def build(root: Path, adapters: int, hidden: int = 512) -> tuple[Path, list[Path]]:
+    shape = TinyModelShape(hidden_size=hidden, intermediate_size=hidden * 11 // 4, num_hidden_layers=4,
+                           num_attention_heads=hidden // 64, num_key_value_heads=hidden // 64)
     base = build_base_model(root / "base", shape)
     texts = list(ADAPTER_TEXTS.values())
     paths = [build_adapter(base, root / f"a{i:02d}", texts[i % len(texts)], rank=8, steps=1, seed=i)
@@ -62,13 +62,14 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--prompt-tokens", type=int, default=16)
+    parser.add_argument("--hidden", type=int, default=1024, help="hidden size of the fixture model (>= 512)")
     args = parser.parse_args()
     n = args.requests
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     with tempfile.TemporaryDirectory(prefix="modelyard-bench-") as tmp:
-        base, adapter_paths = build(Path(tmp), n)
+        base, adapter_paths = build(Path(tmp), n, args.hidden)
         names = [p.name for p in adapter_paths]
         engine = Engine(base, max_loras=n, max_lora_rank=8, max_batch=n)
         for name, path in zip(names, adapter_paths, strict=True):
@@ -100,7 +101,7 @@ def main() -> None:
             peft_model.generate(input_ids=torch.tensor(prompts), adapter_names=names, **kwargs)
             results["peft/mixed"] = n * args.max_tokens / (time.perf_counter() - started)
 
-    print(f"requests={n} prompt_tokens={args.prompt_tokens} max_tokens={args.max_tokens} hidden=512 layers=4")
+    print(f"requests={n} prompt_tokens={args.prompt_tokens} max_tokens={args.max_tokens} hidden={args.hidden} layers=4")
     for label, tps in results.items():
         print(f"{label:<18} tokens_per_s={tps:8.1f}")
     distinct = results["engine/distinct"]

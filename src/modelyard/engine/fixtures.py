@@ -44,8 +44,8 @@ class TinyModelShape:
     hidden_size: int = 64
     intermediate_size: int = 128
     num_hidden_layers: int = 2
-    num_attention_heads: int = 4
-    num_key_value_heads: int = 2
+    num_attention_heads: int = 2  # head_dim 32: the smallest head size vLLM's CPU attention supports
+    num_key_value_heads: int = 1
     vocab_size: int = 384
     max_position_embeddings: int = 512
 
@@ -110,7 +110,7 @@ def build_adapter(
     rank: int = 8,
     alpha: int = 16,
     targets: tuple[str, ...] = DEFAULT_TARGETS,
-    steps: int = 30,
+    steps: int = 80,
     seed: int = 0,
 ) -> Path:
     """Train a PEFT LoRA adapter a few steps on ``text`` and save it (adapter_config.json + safetensors)."""

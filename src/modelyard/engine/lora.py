@@ -8,7 +8,6 @@ than a loop over adapters or merged weights. Slot 0 holds zeros: a base-model ro
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,11 +16,11 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from modelyard.engine.adapter_files import AdapterError, read_adapter_config
+
+__all__ = ["AdapterError", "BatchedLoraLinear", "LoraBank", "LoraWeights", "base_layer_shapes", "read_adapter"]
+
 _KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<which>[AB])(?:\.[^.]+)?\.weight$")
-
-
-class AdapterError(ValueError):
-    """An adapter that cannot be loaded on this engine; the message says why."""
 
 
 @dataclass
@@ -57,28 +56,9 @@ def read_adapter(
     name: str, path: str | Path, *, max_rank: int, layer_shapes: dict[str, tuple[int, int]]
 ) -> LoraWeights:
     """Read and validate a PEFT LoRA adapter directory; :class:`AdapterError` explains any problem."""
-    folder = Path(path)
-    config_path = folder / "adapter_config.json"
-    if not folder.is_dir():
-        raise AdapterError(f"adapter path '{path}' is not a directory")
-    if not config_path.is_file():
-        raise AdapterError(f"adapter '{name}' has no adapter_config.json in '{path}'")
-    try:
-        config = json.loads(config_path.read_text())
-    except ValueError as exc:
-        raise AdapterError(f"adapter '{name}': adapter_config.json is not valid JSON ({exc})") from None
-    if config.get("peft_type", "LORA") != "LORA":
-        raise AdapterError(f"adapter '{name}' is {config.get('peft_type')}, only LORA adapters can be served")
-    if config.get("use_dora"):
-        raise AdapterError(f"adapter '{name}' uses DoRA, which this engine does not serve")
-    rank = int(config.get("r", 0))
-    if rank < 1:
-        raise AdapterError(f"adapter '{name}' has no valid rank 'r' in adapter_config.json")
-    if rank > max_rank:
-        raise AdapterError(f"adapter '{name}' has rank {rank}, above this engine's max_lora_rank {max_rank}")
-    weights_path = folder / "adapter_model.safetensors"
-    if not weights_path.is_file():
-        raise AdapterError(f"adapter '{name}' has no adapter_model.safetensors in '{path}'")
+    config = read_adapter_config(name, path, max_rank=max_rank)
+    rank = int(config["r"])
+    weights_path = Path(path) / "adapter_model.safetensors"
     try:
         tensors = load_file(str(weights_path), device="cpu")
     except Exception as exc:  # noqa: BLE001 - any parse failure is the adapter's fault
@@ -123,7 +103,11 @@ def read_adapter(
 
 
 class LoraBank:
-    """Slots of stacked adapter weights shared by every wrapped layer, and the rows' slot indices."""
+    """Slots of stacked adapter weights shared by every wrapped layer, and the rows' slot indices.
+
+    ``version`` changes whenever the rows' slots or any slot's weights change; layers keep their
+    gathered weights until it does, so a steady decode batch (the common case) gathers nothing.
+    """
 
     def __init__(self, model: nn.Module, *, slots: int, max_rank: int) -> None:
         self.model = model
@@ -131,12 +115,20 @@ class LoraBank:
         self.max_rank = max_rank
         self.layers: dict[str, BatchedLoraLinear] = {}
         self.row_slots: torch.Tensor = torch.zeros(1, dtype=torch.long)
+        self.row_list: list[int] = [0]
         self.any_adapter = False
+        self.shared_slot: int | None = 0  # the one slot every row uses, if they all use one
+        self.version = 0
 
     def set_rows(self, slots: list[int]) -> None:
         """Which slot each row of the next forward pass uses."""
+        if slots == self.row_list:
+            return
+        self.row_list = list(slots)
         self.row_slots = torch.tensor(slots, dtype=torch.long)
         self.any_adapter = any(slots)
+        self.shared_slot = slots[0] if len(set(slots)) == 1 else None
+        self.version += 1
 
     def _wrap(self, module_name: str) -> BatchedLoraLinear:
         layer = self.layers.get(module_name)
@@ -156,14 +148,21 @@ class LoraBank:
             layer.clear(slot)
         for module, a in weights.a.items():
             self._wrap(module).fill(slot, a, weights.b[module], weights.scale[module])
+        self.version += 1
 
     def clear(self, slot: int) -> None:
         for layer in self.layers.values():
             layer.clear(slot)
+        self.version += 1
 
 
 class BatchedLoraLinear(nn.Module):
-    """A base Linear/Conv1D plus the gathered LoRA delta of each row's adapter."""
+    """A base Linear/Conv1D plus the gathered LoRA delta of each row's adapter.
+
+    Weights are stored the way ``bmm`` consumes them (A as ``[in, r]``, B as ``[r, out]``) with the
+    adapter's scale folded into B, so a decode step costs two matmuls per layer, the second one
+    accumulating straight into the base output.
+    """
 
     def __init__(self, base: nn.Module, bank: LoraBank) -> None:
         super().__init__()
@@ -173,32 +172,45 @@ class BatchedLoraLinear(nn.Module):
             in_features, out_features = base.in_features, base.out_features
         else:  # Conv1D
             in_features, out_features = base.weight.shape
-        self.a = torch.zeros(bank.slots, bank.max_rank, in_features)
-        self.b = torch.zeros(bank.slots, out_features, bank.max_rank)
-        self.scale = torch.zeros(bank.slots)
+        self.a = torch.zeros(bank.slots, in_features, bank.max_rank)
+        self.b = torch.zeros(bank.slots, bank.max_rank, out_features)
+        self.active = torch.zeros(bank.slots, dtype=torch.bool)
+        self._gathered: tuple[int, torch.Tensor, torch.Tensor] | None = None
 
     def fill(self, slot: int, a: torch.Tensor, b: torch.Tensor, scale: float) -> None:
         r = a.shape[0]
         self.a[slot].zero_()
         self.b[slot].zero_()
-        self.a[slot, :r] = a
-        self.b[slot, :, :r] = b
-        self.scale[slot] = scale
+        self.a[slot, :, :r] = a.t()
+        self.b[slot, :r, :] = b.t() * scale
+        self.active[slot] = True
 
     def clear(self, slot: int) -> None:
         self.a[slot].zero_()
         self.b[slot].zero_()
-        self.scale[slot] = 0.0
+        self.active[slot] = False
+
+    def _weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        bank = self.bank
+        cached = self._gathered
+        if cached is not None and cached[0] == bank.version:
+            return cached[1], cached[2]
+        idx = bank.row_slots
+        a, b = self.a.index_select(0, idx), self.b.index_select(0, idx)  # [batch, in, r], [batch, r, out]
+        self._gathered = (bank.version, a, b)
+        return a, b
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
         bank = self.bank
         if not bank.any_adapter:
             return y
-        idx = bank.row_slots
+        shared = bank.shared_slot
+        if shared is not None:  # every row on one adapter: plain matmuls, no gather
+            if not self.active[shared]:
+                return y
+            return y + (x @ self.a[shared]) @ self.b[shared]
+        a, b = self._weights()
         flat = x.reshape(x.shape[0], -1, x.shape[-1])  # [batch, tokens, in]
-        a = self.a.index_select(0, idx)  # [batch, rank, in]
-        b = self.b.index_select(0, idx)  # [batch, out, rank]
-        delta = torch.bmm(torch.bmm(flat, a.transpose(1, 2)), b.transpose(1, 2))
-        delta = delta * self.scale.index_select(0, idx).view(-1, 1, 1)
-        return y + delta.reshape(y.shape)
+        out = torch.baddbmm(y.reshape(y.shape[0], -1, y.shape[-1]), torch.bmm(flat, a), b)
+        return out.reshape(y.shape)

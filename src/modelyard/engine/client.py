@@ -1,0 +1,117 @@
+"""The one piece of code that talks to an engine: the built-in one, vLLM, or a remote URL.
+
+The gateway, the supervisor, the tests and the benches all use :class:`EngineClient`, so every
+engine is driven the same way over vLLM's protocol. Loading an adapter runs our own file checks
+first (:func:`~modelyard.engine.adapter_files.read_adapter_config`): a folder that cannot work is
+refused with our message before the engine sees it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Self
+
+import httpx
+
+from modelyard.engine.adapter_files import AdapterError, read_adapter_config
+
+__all__ = ["AdapterError", "EngineClient", "EngineError"]
+
+
+class EngineError(Exception):
+    """The engine answered with an error (``status`` is its HTTP status; 503 when it is unreachable)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _message(response: httpx.Response) -> str:
+    """The human message out of an OpenAI- or vLLM-shaped error body, or the raw text."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip() or f"HTTP {response.status_code}"
+    if isinstance(body, dict):
+        err = body.get("error")
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])
+        if body.get("message"):
+            return str(body["message"])
+        if body.get("detail"):
+            return str(body["detail"])
+    return response.text.strip()
+
+
+class EngineClient:
+    """Async client for one engine replica at ``base_url`` (e.g. ``http://127.0.0.1:8001``)."""
+
+    def __init__(self, base_url: str, *, http: httpx.AsyncClient | None = None, timeout: float = 600.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._own = http is None
+        self.http = http or httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=5.0))
+
+    async def aclose(self) -> None:
+        if self._own:
+            await self.http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = await self.http.request(method, self.base_url + path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise EngineError(503, f"engine at {self.base_url} is unreachable: {exc}") from None
+        if response.status_code >= 400:
+            raise EngineError(response.status_code, _message(response))
+        return response
+
+    async def health(self) -> bool:
+        """True when the engine answers ``GET /health`` with 200."""
+        try:
+            response = await self.http.get(self.base_url + "/health", timeout=5.0)
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
+    async def models(self) -> list[dict[str, Any]]:
+        """``GET /v1/models``: the base model first, then loaded adapters with ``parent`` set."""
+        return (await self._request("GET", "/v1/models")).json()["data"]
+
+    async def adapters(self) -> set[str]:
+        return {m["id"] for m in await self.models() if m.get("parent")}
+
+    async def load_adapter(self, name: str, path: str, *, max_rank: int) -> None:
+        """Check the adapter's files, then ``POST /v1/load_lora_adapter``.
+
+        Raises :class:`AdapterError` (our check failed; nothing was sent) or :class:`EngineError`.
+        """
+        read_adapter_config(name, path, max_rank=max_rank)
+        await self._request("POST", "/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path})
+
+    async def unload_adapter(self, name: str) -> None:
+        await self._request("POST", "/v1/unload_lora_adapter", json={"lora_name": name})
+
+    async def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A non-streamed ``/v1/completions`` or ``/v1/chat/completions`` call."""
+        return (await self._request("POST", path, json=body)).json()
+
+    @asynccontextmanager
+    async def open(self, path: str, body: dict[str, Any]) -> AsyncIterator[httpx.Response]:
+        """Send a request and hand back the response unread, whatever its status, so a proxy can
+        stream it on byte for byte (server-sent events included)."""
+        request = self.http.build_request("POST", self.base_url + path, json=body)
+        try:
+            response = await self.http.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise EngineError(503, f"engine at {self.base_url} is unreachable: {exc}") from None
+        try:
+            yield response
+        finally:
+            await response.aclose()
