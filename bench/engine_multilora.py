@@ -7,13 +7,16 @@ hidden size 1024 by default (``--hidden``), run five ways in one process:
   engine/distinct  each on a different adapter (16 adapters resident)
   peft/set_adapter plain peft, one request at a time, set_adapter before each
   peft/mixed       peft's mixed-adapter batch: one generate() with adapter_names=[...]
+  vllm/*           the same three engine workloads through vLLM's CPU build (fp32, over HTTP),
+                   when its environment exists (``make vllm-env``); ``--no-vllm`` skips it
 Prints tokens/s for each and the ratios; the last line is ``distinct/base=X.XX distinct/peft=Y.YY``.
-(The vLLM CPU comparison is not wired in yet.)
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import sys
 import tempfile
 import threading
 import time
@@ -21,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from modelyard.engine.client import EngineClient
 from modelyard.engine.core import Engine, Generation, SamplingParams
 from modelyard.engine.fixtures import ADAPTER_TEXTS, TinyModelShape, build_adapter, build_base_model
 
@@ -57,13 +61,53 @@ def engine_run(engine: Engine, prompts: list[list[int]], adapters: list[str | No
     return sum(g.completion_tokens for g in gens) / elapsed
 
 
+def vllm_runs(base: Path, adapter_paths: list[Path], prompts: list[list[int]], max_tokens: int,
+              log: Path) -> dict[str, float]:
+    """The three engine workloads through vLLM's OpenAI server (requests sent together over HTTP)."""
+    from modelyard.engine.vllm import start_vllm
+
+    n = len(adapter_paths)
+    process = start_vllm(str(base), served_name="base", log_path=log, max_loras=n, max_lora_rank=8,
+                         max_model_len=512)
+
+    async def workload(client: EngineClient, models: list[str]) -> float:
+        async def one(ids: list[int], model: str) -> int:
+            body = {"model": model, "prompt": ids, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True}
+            return (await client.create("/v1/completions", body))["usage"]["completion_tokens"]
+
+        started = time.perf_counter()
+        tokens = await asyncio.gather(*(one(ids, m) for ids, m in zip(prompts, models, strict=True)))
+        return sum(tokens) / (time.perf_counter() - started)
+
+    async def all_runs() -> dict[str, float]:
+        async with EngineClient(process.url) as client:
+            names = [p.name for p in adapter_paths]
+            for name, path in zip(names, adapter_paths, strict=True):
+                await client.load_adapter(name, str(path), max_rank=8)
+            await workload(client, names)  # warm-up: vLLM moves each adapter into its GPU/CPU slots
+            return {
+                "vllm/base": await workload(client, ["base"] * n),
+                "vllm/one": await workload(client, [names[0]] * n),
+                "vllm/distinct": await workload(client, names),
+            }
+
+    try:
+        return asyncio.run(all_runs())
+    finally:
+        process.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--prompt-tokens", type=int, default=16)
     parser.add_argument("--hidden", type=int, default=1024, help="hidden size of the fixture model (>= 512)")
+    parser.add_argument("--no-vllm", action="store_true", help="skip the vLLM CPU comparison")
     args = parser.parse_args()
+    from modelyard.engine.vllm import vllm_python
+
+    with_vllm = not args.no_vllm and vllm_python() != sys.executable
     n = args.requests
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -100,12 +144,20 @@ def main() -> None:
             started = time.perf_counter()
             peft_model.generate(input_ids=torch.tensor(prompts), adapter_names=names, **kwargs)
             results["peft/mixed"] = n * args.max_tokens / (time.perf_counter() - started)
+        del peft_model, model
+        if with_vllm:
+            results.update(vllm_runs(base, adapter_paths, prompts, args.max_tokens, Path(tmp) / "vllm.log"))
 
     print(f"requests={n} prompt_tokens={args.prompt_tokens} max_tokens={args.max_tokens} hidden={args.hidden} layers=4")
     for label, tps in results.items():
         print(f"{label:<18} tokens_per_s={tps:8.1f}")
     distinct = results["engine/distinct"]
     print(f"engine/distinct vs peft/mixed = {distinct / results['peft/mixed']:.2f}")
+    if "vllm/distinct" in results:
+        print(f"vllm distinct/base = {results['vllm/distinct'] / results['vllm/base']:.2f}  "
+              f"engine/distinct vs vllm/distinct = {distinct / results['vllm/distinct']:.2f}")
+    else:
+        print("vllm: skipped (run `make vllm-env` to build vLLM's CPU environment)")
     print(f"distinct/base={distinct / results['engine/base']:.2f} distinct/peft={distinct / results['peft/set_adapter']:.2f}")
 
 
