@@ -74,6 +74,8 @@ def _reset(url: str) -> None:
     db = Database(url)
     db.migrate()
     with db.session(write=True) as session:
+        session.execute(sa.text("DELETE FROM endpoint_adapters"))
+        session.execute(sa.text("DELETE FROM endpoints"))
         session.execute(sa.text("DELETE FROM adapters"))
         session.execute(sa.text("DELETE FROM models"))
         session.execute(sa.text("DELETE FROM workspaces WHERE name NOT IN ('default', 'system')"))

@@ -23,7 +23,11 @@ from modelyard import __version__
 from modelyard.adapters.router import router as adapters_router
 from modelyard.config import Settings
 from modelyard.db.engine import Database
-from modelyard.errors import ServiceError
+from modelyard.endpoints.router import router as endpoints_router
+from modelyard.endpoints.supervisor import Supervisor
+from modelyard.errors import ApiError, ServiceError
+from modelyard.gateway.router import PREFIX as GATEWAY_PREFIX
+from modelyard.gateway.router import router as gateway_router
 from modelyard.models.router import router as models_router
 from modelyard.workspaces.router import router as workspaces_router
 
@@ -90,6 +94,10 @@ def configure_logging(settings: Settings) -> None:
     root.setLevel(settings.log_level.upper())
 
 
+def _openai_surface(path: str) -> bool:
+    return path.startswith("/v1/") or (path.startswith(GATEWAY_PREFIX.split("{")[0]) and "/openai/" in path)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
 
@@ -99,8 +107,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         db.migrate()
         app.state.db = db
         log.info("database ready", extra={"database": db.backend})
-        yield
-        db.dispose()
+        supervisor = Supervisor(db, settings)
+        app.state.supervisor = supervisor
+        await supervisor.start()
+        try:
+            yield
+        finally:
+            await supervisor.stop()
+            db.dispose()
 
     app = FastAPI(
         title="Modelyard",
@@ -110,7 +124,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         separate_input_output_schemas=False,
     )
     app.state.settings = settings
-    for router in (workspaces_router, models_router, adapters_router):
+    for router in (workspaces_router, models_router, adapters_router, endpoints_router, gateway_router):
         app.include_router(router)
 
     @app.get("/health", tags=["health"])
@@ -124,10 +138,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(ServiceError)
     async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
+        if isinstance(exc, ApiError):
+            headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+            return JSONResponse(exc.body(), status_code=exc.status_code, headers=headers)
         return JSONResponse({"detail": exc.message}, status_code=exc.status_code)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        if _openai_surface(request.url.path):  # the OpenAI/Together SDKs expect their error shape
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"] if part != "body")
+            message = f"{where}: {first['msg']}" if where else first["msg"]
+            return JSONResponse(ApiError(400, message, code="invalid_request").body(), status_code=400)
         errors = []
         for error in exc.errors():
             if error.get("type") == "extra_forbidden":

@@ -28,6 +28,24 @@ class Settings(BaseSettings):
     """Workspaces whose filesets may be loaded with ``trust_remote_code=true``
     (comma-separated in the environment)."""
 
+    engine_start_timeout: float = 300.0
+    """Seconds an engine replica may take to answer /health (vLLM needs about a minute on a CPU)."""
+
+    engine_max_failures: int = 3
+    """Consecutive replica failures (failed starts or crashes) before an endpoint goes to ERROR."""
+
+    replica_target_in_flight: int = 4
+    """Requests in flight per replica above which an endpoint scales out (up to max_replicas)."""
+
+    scale_down_after: float = 60.0
+    """Seconds an endpoint must be idle before an extra replica is stopped."""
+
+    supervisor_interval: float = 2.0
+    """Seconds between the supervisor's passes over the endpoints (it also wakes on every change)."""
+
+    vllm_python: str | None = None
+    """Interpreter with vLLM installed, for endpoints with ``engine: vllm`` (default: see engine/vllm.py)."""
+
     log_level: str = "INFO"
     log_json: bool = True
 

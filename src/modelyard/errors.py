@@ -50,3 +50,21 @@ class Unprocessable(ServiceError):
 
     status_code = 422
     code = "unprocessable"
+
+
+class ApiError(ServiceError):
+    """An error of the OpenAI-compatible surface (``/v1/...``), rendered as
+    ``{"error": {"message", "type", "code"}}`` the way the OpenAI and Together SDKs parse it."""
+
+    def __init__(
+        self, status: int, message: str, *, code: str, kind: str = "invalid_request_error",
+        retry_after: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status
+        self.code = code
+        self.kind = kind
+        self.retry_after = retry_after
+
+    def body(self) -> dict[str, object]:
+        return {"error": {"message": self.message, "type": self.kind, "code": self.code}}

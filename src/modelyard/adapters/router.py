@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, BackgroundTasks, Depends, Request, Response
 
 from modelyard.adapters import service, store
 from modelyard.adapters.schemas import (
@@ -21,6 +21,13 @@ ListParams = Annotated[ListQuery, Depends(query_dependency(store.FILTERS))]
 _out = {"response_model_exclude_none": True}
 
 
+def _tell_supervisor(request: Request, background: BackgroundTasks) -> None:
+    """After the commit, let running endpoints follow the change (a disabled adapter is unloaded)."""
+    supervisor = getattr(request.app.state, "supervisor", None)
+    if supervisor is not None:
+        background.add_task(supervisor.wake)
+
+
 @router.post("/models/{model_name}/adapters", status_code=201, response_model=Adapter, **_out)
 def create_model_adapter(
     workspace: str, model_name: str, body: CreateModelAdapterRequest, session: SessionDep
@@ -31,8 +38,10 @@ def create_model_adapter(
 
 @router.patch("/models/{model_name}/adapters/{adapter}", response_model=Adapter, **_out)
 def update_model_adapter(
-    workspace: str, model_name: str, adapter: str, body: UpdateAdapterRequest, session: SessionDep
+    workspace: str, model_name: str, adapter: str, body: UpdateAdapterRequest, session: SessionDep,
+    request: Request, background: BackgroundTasks,
 ) -> Adapter:
+    _tell_supervisor(request, background)
     return service.update(session, workspace, adapter, body, model_name=model_name)
 
 
@@ -59,8 +68,13 @@ def get_adapter(workspace: str, name: str, session: SessionDep) -> Adapter:
 
 
 @router.patch("/adapters/{name}", response_model=Adapter, **_out)
-def update_adapter(workspace: str, name: str, body: UpdateAdapterRequest, session: SessionDep) -> Adapter:
-    """Change description, enabled, fileset or lora_config; any other field is 422."""
+def update_adapter(
+    workspace: str, name: str, body: UpdateAdapterRequest, session: SessionDep, request: Request,
+    background: BackgroundTasks,
+) -> Adapter:
+    """Change description, enabled, fileset or lora_config; any other field is 422. Disabling an
+    adapter attached to an endpoint unloads it there; enabling it loads it again."""
+    _tell_supervisor(request, background)
     return service.update(session, workspace, name, body)
 
 

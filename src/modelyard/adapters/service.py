@@ -16,7 +16,8 @@ from modelyard.adapters.schemas import (
 )
 from modelyard.db import tables
 from modelyard.db.engine import new_id, utcnow
-from modelyard.errors import NotFound
+from modelyard.endpoints import store as endpoint_store
+from modelyard.errors import Conflict, NotFound
 from modelyard.listing import ListQuery, Page
 from modelyard.models import store as model_store
 from modelyard.workspaces import store as workspace_store
@@ -120,4 +121,20 @@ def update(
 
 
 def delete(session: Session, workspace: str, name: str, model_name: str | None = None) -> None:
-    store.delete(session, _in_scope(session, workspace, name, model_name))
+    row = _in_scope(session, workspace, name, model_name)
+    refuse_if_attached(session, [row])
+    store.delete(session, row)
+
+
+def refuse_if_attached(session: Session, adapters: list[tables.Adapter]) -> None:
+    """409 while any of these adapters is attached to an endpoint: detach first, so nothing serves a
+    deleted adapter."""
+    bindings = endpoint_store.bindings_of_adapters(session, [a.id for a in adapters])
+    if bindings:
+        binding = bindings[0]
+        endpoint = endpoint_store.find(session, binding.endpoint_id)
+        raise Conflict(
+            f"Adapter '{binding.workspace}/{binding.adapter_name}' is attached to endpoint "
+            f"'{endpoint.name if endpoint else binding.endpoint_id}'; detach it first "
+            f"(DELETE /v1/endpoints/{binding.endpoint_id}/adapters)"
+        )

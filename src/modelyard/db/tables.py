@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -79,3 +79,54 @@ class Adapter(Base):
     lora_config: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
     created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
     updated_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+
+
+class Endpoint(Base):
+    """A deployment of one base model. ``desired_state`` is what the user asked for; ``state`` is
+    what the supervisor last observed (the Together wire field)."""
+
+    __tablename__ = "endpoints"
+    __table_args__ = (Index("ix_endpoints_workspace", "workspace"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), nullable=False, unique=True)
+    display_name: Mapped[str] = mapped_column(String(255), nullable=False)
+    workspace: Mapped[str] = mapped_column(
+        String(63), ForeignKey("workspaces.name", ondelete="RESTRICT"), nullable=False
+    )
+    model_id: Mapped[str] = mapped_column(String(64), ForeignKey("models.id", ondelete="RESTRICT"), nullable=False)
+    model: Mapped[str] = mapped_column(String(127), nullable=False)  # ``ws/name`` of the base model
+    hardware: Mapped[str] = mapped_column(String(127), nullable=False)
+    min_replicas: Mapped[int] = mapped_column(Integer, nullable=False)
+    max_replicas: Mapped[int] = mapped_column(Integer, nullable=False)
+    desired_state: Mapped[str] = mapped_column(String(16), nullable=False)
+    state: Mapped[str] = mapped_column(String(16), nullable=False)
+    error: Mapped[str | None] = mapped_column(Text)
+    inactive_timeout: Mapped[int | None] = mapped_column(Integer)
+    enable_lora: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    max_loras: Mapped[int] = mapped_column(Integer, nullable=False)
+    max_lora_rank: Mapped[int] = mapped_column(Integer, nullable=False)
+    engine: Mapped[str] = mapped_column(String(16), nullable=False)
+    visibility: Mapped[str] = mapped_column(String(16), nullable=False)
+    type: Mapped[str] = mapped_column(String(16), nullable=False)
+    # pids of the engine processes last started for it, so a restarted server can stop orphans
+    processes: Mapped[list[int] | None] = mapped_column(JsonType)
+    created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+
+
+class EndpointAdapter(Base):
+    """An adapter attached to an endpoint. The primary key makes an adapter attachable to one endpoint."""
+
+    __tablename__ = "endpoint_adapters"
+    __table_args__ = (Index("ix_endpoint_adapters_endpoint_id", "endpoint_id"),)
+
+    adapter_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("adapters.id", ondelete="RESTRICT"), primary_key=True
+    )
+    endpoint_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("endpoints.id", ondelete="CASCADE"), nullable=False
+    )
+    workspace: Mapped[str] = mapped_column(String(63), nullable=False)  # the adapter's workspace
+    adapter_name: Mapped[str] = mapped_column(String(63), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)

@@ -102,15 +102,19 @@ class EngineClient:
         """A non-streamed ``/v1/completions`` or ``/v1/chat/completions`` call."""
         return (await self._request("POST", path, json=body)).json()
 
-    @asynccontextmanager
-    async def open(self, path: str, body: dict[str, Any]) -> AsyncIterator[httpx.Response]:
+    async def send(self, path: str, body: dict[str, Any]) -> httpx.Response:
         """Send a request and hand back the response unread, whatever its status, so a proxy can
-        stream it on byte for byte (server-sent events included)."""
+        pass it on byte for byte (server-sent events included). The caller must ``aclose()`` it."""
         request = self.http.build_request("POST", self.base_url + path, json=body)
         try:
-            response = await self.http.send(request, stream=True)
+            return await self.http.send(request, stream=True)
         except httpx.HTTPError as exc:
             raise EngineError(503, f"engine at {self.base_url} is unreachable: {exc}") from None
+
+    @asynccontextmanager
+    async def open(self, path: str, body: dict[str, Any]) -> AsyncIterator[httpx.Response]:
+        """:meth:`send` as a context manager that closes the response."""
+        response = await self.send(path, body)
         try:
             yield response
         finally:

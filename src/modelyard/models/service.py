@@ -12,7 +12,8 @@ from modelyard.adapters import service as adapter_service
 from modelyard.adapters.service import qualify
 from modelyard.db import tables
 from modelyard.db.engine import new_id, utcnow
-from modelyard.errors import Forbidden
+from modelyard.endpoints import store as endpoint_store
+from modelyard.errors import Conflict, Forbidden
 from modelyard.listing import ListQuery, Page
 from modelyard.models import store
 from modelyard.models.schemas import CreateModelEntityRequest, ModelEntity, UpdateModelEntityRequest
@@ -133,7 +134,12 @@ def update(
 
 def delete(session: Session, workspace: str, name: str) -> None:
     workspace_store.require(session, workspace)
-    store.delete(session, store.get(session, workspace, name))
+    row = store.get(session, workspace, name)
+    serving = endpoint_store.endpoints_of_model(session, row.id)
+    if serving:
+        raise Conflict(f"Model '{workspace}/{name}' is served by endpoint '{serving[0].name}'; delete the endpoint first")
+    adapter_service.refuse_if_attached(session, store.adapters_of(session, [row.id])[row.id])
+    store.delete(session, row)
 
 
 def _column_values(request: CreateModelEntityRequest | UpdateModelEntityRequest) -> dict[str, Any]:

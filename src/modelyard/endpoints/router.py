@@ -1,0 +1,101 @@
+"""``/v1/endpoints`` and ``/v1/hardware``: Together's dedicated-endpoint API (so its SDK works as is)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Header, Query, Request, Response
+
+from modelyard.endpoints import service
+from modelyard.endpoints.schemas import (
+    AdapterModelId,
+    AdapterRemoved,
+    AttachedAdapterList,
+    CreateEndpointRequest,
+    Endpoint,
+    EndpointList,
+    HardwareList,
+    UpdateEndpointRequest,
+)
+from modelyard.endpoints.service import in_db
+
+router = APIRouter(prefix="/v1", tags=["endpoints"])
+
+WorkspaceHeader = Annotated[
+    str, Header(alias="X-Modelyard-Workspace", description="the caller's workspace (until authentication lands)")
+]
+ERRORS = {400: {"description": "invalid request"}, 404: {"description": "no such endpoint, model or adapter"},
+          409: {"description": "the adapter is bound elsewhere, or not bound"}}
+
+
+@router.get("/hardware", response_model=HardwareList)
+async def list_hardware(model: str | None = None) -> HardwareList:
+    """Hardware this host can run endpoints on: ``cpu`` always, and the GPUs ``nvidia-smi`` reports."""
+    return service.hardware()
+
+
+@router.post("/endpoints", response_model=Endpoint, responses=ERRORS)
+async def create_endpoint(
+    body: CreateEndpointRequest, request: Request, workspace: WorkspaceHeader = "default"
+) -> Endpoint:
+    settings, supervisor = request.app.state.settings, request.app.state.supervisor
+    row = await in_db(request.app.state.db, lambda s: service.create(s, settings, workspace, body), write=True)
+    supervisor.wake()
+    return service.to_wire(row, supervisor)
+
+
+@router.get("/endpoints", response_model=EndpointList)
+async def list_endpoints(
+    request: Request, workspace: WorkspaceHeader = "default",
+    type: Literal["dedicated", "serverless"] | None = None, mine: bool | None = None,
+    usage_type: Annotated[str | None, Query(description="accepted for Together compatibility; ignored")] = None,
+) -> EndpointList:
+    rows = await in_db(request.app.state.db, lambda s: service.list_(s, workspace, mine=mine, type_=type))
+    return service.wire_list(rows, request.app.state.supervisor)
+
+
+@router.get("/endpoints/{endpoint_id}", response_model=Endpoint, responses=ERRORS)
+async def get_endpoint(endpoint_id: str, request: Request, workspace: WorkspaceHeader = "default") -> Endpoint:
+    row = await in_db(request.app.state.db, lambda s: service.get(s, workspace, endpoint_id))
+    return service.to_wire(row, request.app.state.supervisor)
+
+
+@router.patch("/endpoints/{endpoint_id}", response_model=Endpoint, responses=ERRORS)
+async def update_endpoint(
+    endpoint_id: str, body: UpdateEndpointRequest, request: Request, workspace: WorkspaceHeader = "default"
+) -> Endpoint:
+    row = await in_db(request.app.state.db, lambda s: service.update(s, workspace, endpoint_id, body), write=True)
+    request.app.state.supervisor.wake()
+    return service.to_wire(row, request.app.state.supervisor)
+
+
+@router.delete("/endpoints/{endpoint_id}", status_code=204, responses=ERRORS)
+async def delete_endpoint(endpoint_id: str, request: Request, workspace: WorkspaceHeader = "default") -> Response:
+    """Delete the endpoint, detaching its adapters and stopping its replicas before answering."""
+    await in_db(request.app.state.db, lambda s: service.delete(s, workspace, endpoint_id), write=True)
+    await request.app.state.supervisor.forget(endpoint_id)
+    return Response(status_code=204)
+
+
+@router.post("/endpoints/{endpoint_id}/adapters", response_model=AdapterModelId, responses=ERRORS)
+async def attach_adapter(
+    endpoint_id: str, body: AdapterModelId, request: Request, workspace: WorkspaceHeader = "default"
+) -> AdapterModelId:
+    """Attach an adapter (``model_id`` = ``<endpoint_name>:<adapter_name>``); it is loaded into every
+    running replica before this answers."""
+    state = request.app.state
+    model_id = await service.attach(state.db, state.supervisor, workspace, endpoint_id, body.model_id)
+    return AdapterModelId(model_id=model_id)
+
+
+@router.get("/endpoints/{endpoint_id}/adapters", response_model=AttachedAdapterList, responses=ERRORS)
+async def list_adapters(endpoint_id: str, request: Request, workspace: WorkspaceHeader = "default") -> AttachedAdapterList:
+    return await in_db(request.app.state.db, lambda s: service.attached(s, workspace, endpoint_id))
+
+
+@router.delete("/endpoints/{endpoint_id}/adapters", response_model=AdapterRemoved, responses=ERRORS)
+async def detach_adapter(
+    endpoint_id: str, body: AdapterModelId, request: Request, workspace: WorkspaceHeader = "default"
+) -> AdapterRemoved:
+    state = request.app.state
+    return await service.detach(state.db, state.supervisor, workspace, endpoint_id, body.model_id)

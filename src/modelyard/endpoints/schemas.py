@@ -1,0 +1,130 @@
+"""Wire models of the endpoints API: Together's dedicated-endpoint format plus our serving fields."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+State = Literal["PENDING", "STARTING", "STARTED", "STOPPING", "STOPPED", "ERROR"]
+
+
+class Autoscaling(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    min_replicas: int = Field(ge=0, le=64, description="replicas kept running while the endpoint is STARTED")
+    max_replicas: int = Field(ge=1, le=64, description="most replicas under load")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Autoscaling:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError("autoscaling.max_replicas must be >= autoscaling.min_replicas")
+        return self
+
+
+class CreateEndpointRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=127, description="base model, `ws/name` or `name`")
+    hardware: str = Field(min_length=1, max_length=127, description="an id from GET /v1/hardware")
+    autoscaling: Autoscaling
+    display_name: str | None = Field(default=None, max_length=255)
+    state: Literal["STARTED", "STOPPED"] = "STARTED"
+    inactive_timeout: int | None = Field(default=None, ge=0)
+    availability_zone: str | None = None
+    disable_prompt_cache: bool | None = None
+    disable_speculative_decoding: bool | None = None
+    enable_lora: bool = True
+    max_loras: int = Field(default=4, ge=1, le=128, description="adapters resident in each replica at once")
+    max_lora_rank: int = Field(default=16, ge=1, le=512)
+    engine: Literal["builtin", "vllm"] = "builtin"
+    visibility: Literal["private", "public"] = "private"
+    type: Literal["dedicated", "serverless"] = "dedicated"
+
+
+class UpdateEndpointRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    state: Literal["STARTED", "STOPPED"] | None = None
+    autoscaling: Autoscaling | None = None
+    display_name: str | None = Field(default=None, max_length=255)
+    inactive_timeout: int | None = Field(default=None, ge=0)
+
+
+class Endpoint(BaseModel):
+    object: Literal["endpoint"] = "endpoint"
+    id: str
+    name: str
+    display_name: str
+    model: str
+    type: Literal["dedicated", "serverless"]
+    owner: str
+    hardware: str
+    autoscaling: Autoscaling
+    state: State
+    created_at: datetime
+    inactive_timeout: int | None = None
+    enable_lora: bool
+    max_loras: int
+    max_lora_rank: int
+    engine: Literal["builtin", "vllm"]
+    visibility: Literal["private", "public"]
+    error: str | None = None
+    replicas: int = Field(description="engine replicas running and healthy now")
+
+
+class EndpointList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Endpoint]
+
+
+class AdapterModelId(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model_id: str = Field(description="`<endpoint_name>:<adapter_name>`")
+
+
+class AttachedAdapter(BaseModel):
+    model_id: str
+    adapter_name: str
+    endpoint_name: str
+
+
+class AttachedAdapterList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[AttachedAdapter]
+
+
+class AdapterRemoved(BaseModel):
+    deleted: bool = True
+    model_id: str
+
+
+class HardwarePricing(BaseModel):
+    cents_per_minute: float
+
+
+class HardwareSpecs(BaseModel):
+    gpu_type: str
+    gpu_link: str
+    gpu_memory: float
+    gpu_count: int
+
+
+class HardwareAvailability(BaseModel):
+    status: Literal["available", "unavailable", "insufficient"]
+
+
+class Hardware(BaseModel):
+    object: Literal["hardware"] = "hardware"
+    id: str
+    pricing: HardwarePricing
+    specs: HardwareSpecs
+    availability: HardwareAvailability | None = None
+    updated_at: datetime
+
+
+class HardwareList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Hardware]

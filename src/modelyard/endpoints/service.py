@@ -1,0 +1,317 @@
+"""Endpoint rules: creation, state changes, and attaching adapters (Together's rules and messages).
+
+Database work happens in short transactions on worker threads (``in_db``); loading adapters into
+engines happens between them, under the endpoint's runtime lock, so no transaction is held open
+while an engine works and no attach races a replica that is starting.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TypeVar
+
+import anyio
+from sqlalchemy.orm import Session
+
+from modelyard.config import Settings
+from modelyard.db import tables
+from modelyard.db.engine import Database, utcnow
+from modelyard.endpoints import store
+from modelyard.endpoints.schemas import (
+    AdapterRemoved,
+    AttachedAdapter,
+    AttachedAdapterList,
+    Autoscaling,
+    CreateEndpointRequest,
+    Endpoint,
+    EndpointList,
+    Hardware,
+    HardwareAvailability,
+    HardwareList,
+    HardwarePricing,
+    HardwareSpecs,
+    UpdateEndpointRequest,
+)
+from modelyard.endpoints.supervisor import AdapterWant, Supervisor
+from modelyard.engine.adapter_files import read_adapter_config
+from modelyard.engine.client import AdapterError, EngineError
+from modelyard.errors import ApiError
+from modelyard.models import store as model_store
+from modelyard.storage import FilesetMissing, fileset_dir
+
+T = TypeVar("T")
+
+# Together's troubleshooting messages, word for word (seeds/004).
+BAD_FORMAT = "model_id must be in format 'endpoint_model_name:adapter_name'"
+NAME_MISMATCH = "endpoint name in model_id does not match endpoint"
+NO_MODEL = "Could not find model"
+NO_ENDPOINT = "No endpoint with this id exists"
+NO_LORA = "endpoint does not have LoRA enabled"
+INCOMPATIBLE = "adapter base model is not compatible with endpoint model"
+BOUND_ELSEWHERE = "adapter is already bound to endpoint"
+NOT_BOUND = "adapter is not bound to endpoint"
+NOT_DEDICATED = "new_lora_model must be a dedicated endpoint"
+PUBLIC = "new_lora_model cannot be a public dedicated endpoint"
+
+
+async def in_db(db: Database, fn: Callable[[Session], T], *, write: bool = False) -> T:
+    """Run ``fn`` in one transaction on a worker thread."""
+
+    def work() -> T:
+        with db.session(write=write) as session:
+            return fn(session)
+
+    return await anyio.to_thread.run_sync(work)
+
+
+# ----- hardware --------------------------------------------------------------------------------
+
+
+def _gpus() -> list[tuple[str, float]]:
+    """(name, memory GB) for each GPU ``nvidia-smi`` reports; none when there is no driver."""
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    gpus = []
+    for line in out.strip().splitlines():
+        name, _, memory = line.rpartition(",")
+        try:
+            gpus.append((name.strip(), round(float(memory) / 1024, 1)))
+        except ValueError:
+            continue
+    return gpus
+
+
+def hardware() -> HardwareList:
+    now = datetime.now(UTC)
+    items = [Hardware(
+        id="cpu", pricing=HardwarePricing(cents_per_minute=0),
+        specs=HardwareSpecs(gpu_type="cpu", gpu_link="none", gpu_memory=0, gpu_count=0),
+        availability=HardwareAvailability(status="available"), updated_at=now,
+    )]
+    gpus = _gpus()
+    if gpus:
+        name, memory = gpus[0]
+        slug = name.lower().replace("nvidia ", "").replace(" ", "-")
+        for count in sorted({1, len(gpus)}):
+            items.append(Hardware(
+                id=f"{count}x_nvidia_{slug}_{int(memory)}gb", pricing=HardwarePricing(cents_per_minute=0),
+                specs=HardwareSpecs(gpu_type=name, gpu_link="pcie", gpu_memory=memory, gpu_count=count),
+                availability=HardwareAvailability(status="available"), updated_at=now,
+            ))
+    return HardwareList(data=items)
+
+
+# ----- endpoints -------------------------------------------------------------------------------
+
+
+def to_wire(row: tables.Endpoint, supervisor: Supervisor | None) -> Endpoint:
+    runtime = supervisor.runtimes.get(row.id) if supervisor else None
+    return Endpoint(
+        id=row.id, name=row.name, display_name=row.display_name, model=row.model, type=row.type,
+        owner=row.workspace, hardware=row.hardware,
+        autoscaling=Autoscaling(min_replicas=row.min_replicas, max_replicas=row.max_replicas),
+        state=row.state, created_at=row.created_at.replace(tzinfo=UTC), inactive_timeout=row.inactive_timeout,
+        enable_lora=row.enable_lora, max_loras=row.max_loras, max_lora_rank=row.max_lora_rank, engine=row.engine,
+        visibility=row.visibility, error=row.error,
+        replicas=sum(1 for r in runtime.replicas if r.process.alive()) if runtime else 0,
+    )
+
+
+def _owned(session: Session, workspace: str, endpoint_id: str) -> tables.Endpoint:
+    row = store.find(session, endpoint_id)
+    if row is None or row.workspace != workspace:
+        raise ApiError(404, NO_ENDPOINT, code="endpoint_not_found")
+    return row
+
+
+def create(session: Session, settings: Settings, workspace: str, request: CreateEndpointRequest) -> tables.Endpoint:
+    if session.get(tables.Workspace, workspace) is None:
+        raise ApiError(404, f"Workspace '{workspace}' not found", code="workspace_not_found")
+    reference = request.model if "/" in request.model else f"{workspace}/{request.model}"
+    model_ws, _, model_name = reference.partition("/")
+    model = model_store.find(session, model_ws, model_name)
+    if model is None:
+        raise ApiError(404, f"Model '{reference}' not found", code="model_not_found")
+    if not model.fileset:
+        raise ApiError(400, f"model '{reference}' has no fileset: an endpoint needs the checkpoint's files",
+                       code="model_without_files")
+    if not (fileset_dir(settings.home, model.fileset) / "config.json").is_file():
+        raise ApiError(400, f"fileset '{model.fileset}' of model '{reference}' has no config.json on this server",
+                       code="model_without_files")
+    available = {h.id for h in hardware().data}
+    if request.hardware not in available:
+        raise ApiError(400, f"hardware '{request.hardware}' is not available here; choose one of "
+                            f"{sorted(available)} (GET /v1/hardware)", code="invalid_hardware")
+    now = utcnow()
+    name = f"{workspace}/{model.name}-{uuid.uuid4().hex[:8]}"
+    row = tables.Endpoint(
+        id=f"endpoint-{uuid.uuid4()}", name=name, display_name=request.display_name or name, workspace=workspace,
+        model_id=model.id, model=reference, hardware=request.hardware,
+        min_replicas=request.autoscaling.min_replicas, max_replicas=request.autoscaling.max_replicas,
+        desired_state=request.state, state="PENDING" if request.state == "STARTED" else "STOPPED",
+        inactive_timeout=request.inactive_timeout or None, enable_lora=request.enable_lora,
+        max_loras=request.max_loras, max_lora_rank=request.max_lora_rank, engine=request.engine,
+        visibility=request.visibility, type=request.type, processes=[], created_at=now, updated_at=now,
+    )
+    return store.add(session, row)
+
+
+def list_(session: Session, workspace: str, *, mine: bool | None, type_: str | None) -> list[tables.Endpoint]:
+    rows = store.list_(session, type_=type_)
+    return [r for r in rows if r.workspace == workspace or (not mine and r.visibility == "public")]
+
+
+def get(session: Session, workspace: str, endpoint_id: str) -> tables.Endpoint:
+    return _owned(session, workspace, endpoint_id)
+
+
+def update(session: Session, workspace: str, endpoint_id: str, request: UpdateEndpointRequest) -> tables.Endpoint:
+    row = _owned(session, workspace, endpoint_id)
+    if request.display_name is not None:
+        row.display_name = request.display_name
+    if request.autoscaling is not None:
+        row.min_replicas = request.autoscaling.min_replicas
+        row.max_replicas = request.autoscaling.max_replicas
+    if "inactive_timeout" in request.model_fields_set:
+        row.inactive_timeout = request.inactive_timeout or None
+    if request.state is not None:
+        row.desired_state = request.state
+        if request.state == "STARTED" and row.state in ("STOPPED", "STOPPING", "ERROR"):
+            row.state, row.error = "PENDING", None
+    row.updated_at = utcnow()
+    session.flush()
+    return row
+
+
+def delete(session: Session, workspace: str, endpoint_id: str) -> None:
+    store.delete(session, _owned(session, workspace, endpoint_id))
+
+
+def wire_list(rows: list[tables.Endpoint], supervisor: Supervisor) -> EndpointList:
+    return EndpointList(data=[to_wire(r, supervisor) for r in rows])
+
+
+# ----- adapters on endpoints --------------------------------------------------------------------
+
+
+def _split(model_id: str) -> tuple[str, str]:
+    parts = model_id.split(":")
+    if len(parts) != 2 or not parts[0] or not parts[1]:
+        raise ApiError(400, BAD_FORMAT, code="invalid_model_id")
+    return parts[0], parts[1]
+
+
+def _target(session: Session, workspace: str, endpoint_id: str, model_id: str) -> tuple[tables.Endpoint, tables.Adapter]:
+    endpoint_name, adapter_name = _split(model_id)
+    endpoint = _owned(session, workspace, endpoint_id)
+    if endpoint_name != endpoint.name:
+        raise ApiError(400, NAME_MISMATCH, code="endpoint_name_mismatch")
+    adapter = session.query(tables.Adapter).filter_by(workspace=workspace, name=adapter_name).one_or_none()
+    if adapter is None:
+        raise ApiError(404, NO_MODEL, code="model_not_found")
+    return endpoint, adapter
+
+
+def _check_attach(session: Session, workspace: str, endpoint_id: str, model_id: str) -> tuple[tables.Endpoint, tables.Adapter]:
+    endpoint, adapter = _target(session, workspace, endpoint_id, model_id)
+    if endpoint.type != "dedicated":
+        raise ApiError(400, NOT_DEDICATED, code="endpoint_not_dedicated")
+    if endpoint.visibility == "public":
+        raise ApiError(400, PUBLIC, code="endpoint_public")
+    if not endpoint.enable_lora:
+        raise ApiError(400, NO_LORA, code="lora_not_enabled")
+    if adapter.model_id != endpoint.model_id:
+        raise ApiError(400, INCOMPATIBLE, code="incompatible_base_model")
+    binding = store.binding(session, adapter.id)
+    if binding is not None and binding.endpoint_id != endpoint.id:
+        raise ApiError(409, BOUND_ELSEWHERE, code="adapter_bound_elsewhere")
+    if not adapter.enabled:
+        raise ApiError(400, f"adapter '{adapter.name}' is disabled; enable it before attaching it",
+                       code="adapter_disabled")
+    return endpoint, adapter
+
+
+async def attach(db: Database, supervisor: Supervisor, workspace: str, endpoint_id: str, model_id: str) -> str:
+    """Check every rule, copy and load the adapter into every running replica, then record the binding.
+
+    A load that fails on any replica is undone on the others and nothing is recorded.
+    """
+    endpoint, adapter = await in_db(db, lambda s: _check_attach(s, workspace, endpoint_id, model_id))
+    want = AdapterWant(adapter.name, adapter.workspace, adapter.fileset)
+    runtime = supervisor.runtime(endpoint.id)
+    async with runtime.lock:
+        loaded_here = []
+        try:
+            path = await anyio.to_thread.run_sync(supervisor.local_copy, want)
+            read_adapter_config(adapter.name, path, max_rank=endpoint.max_lora_rank)
+            for replica in list(runtime.replicas):
+                if adapter.name in replica.loaded:
+                    continue
+                await supervisor.load(replica, want, endpoint.max_lora_rank)
+                loaded_here.append(replica)
+        except (AdapterError, EngineError, FilesetMissing, OSError) as exc:
+            await _unload(loaded_here, adapter.name)
+            reason = exc.message if isinstance(exc, EngineError) else str(exc)
+            raise ApiError(400, f"adapter '{adapter.name}' could not be loaded: {reason}",
+                           code="adapter_load_failed") from None
+
+        def record(session: Session) -> None:
+            endpoint_now, adapter_now = _check_attach(session, workspace, endpoint_id, model_id)
+            if store.binding(session, adapter_now.id) is None:
+                session.add(tables.EndpointAdapter(
+                    adapter_id=adapter_now.id, endpoint_id=endpoint_now.id, workspace=adapter_now.workspace,
+                    adapter_name=adapter_now.name, created_at=utcnow(),
+                ))
+
+        try:
+            await in_db(db, record, write=True)
+        except BaseException:
+            await _unload(loaded_here, adapter.name)
+            raise
+    return f"{endpoint.name}:{adapter.name}"
+
+
+async def _unload(replicas: list, name: str) -> None:
+    for replica in replicas:
+        try:
+            await replica.client.unload_adapter(name)
+        except EngineError:
+            pass
+        replica.loaded.discard(name)
+
+
+async def detach(db: Database, supervisor: Supervisor, workspace: str, endpoint_id: str, model_id: str) -> AdapterRemoved:
+    def remove(session: Session) -> tuple[tables.Endpoint, tables.Adapter]:
+        endpoint, adapter = _target(session, workspace, endpoint_id, model_id)
+        binding = store.binding(session, adapter.id)
+        if binding is None or binding.endpoint_id != endpoint.id:
+            raise ApiError(409, NOT_BOUND, code="adapter_not_bound")
+        session.delete(binding)
+        return endpoint, adapter
+
+    endpoint, adapter = await in_db(db, lambda s: _target(s, workspace, endpoint_id, model_id))
+    runtime = supervisor.runtime(endpoint.id)
+    async with runtime.lock:
+        await in_db(db, remove, write=True)
+        await _unload(list(runtime.replicas), adapter.name)
+    return AdapterRemoved(model_id=model_id)
+
+
+def attached(session: Session, workspace: str, endpoint_id: str) -> AttachedAdapterList:
+    endpoint = _owned(session, workspace, endpoint_id)
+    return AttachedAdapterList(data=[
+        AttachedAdapter(model_id=f"{endpoint.name}:{b.adapter_name}", adapter_name=b.adapter_name,
+                        endpoint_name=endpoint.name)
+        for b in store.bindings(session, endpoint.id)
+    ])

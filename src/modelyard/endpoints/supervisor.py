@@ -1,0 +1,409 @@
+"""The supervisor makes the database true: engine replicas for every endpoint that should run.
+
+One asyncio task per server wakes on every change (and every ``supervisor_interval`` seconds),
+reads the endpoints and their attached adapters, and reconciles each endpoint in its own task:
+
+* STARTED: keep between ``min_replicas`` (at least one) and ``max_replicas`` replicas, scaling on
+  requests in flight per replica; start each on a free port, wait for ``/health``, load the
+  endpoint's enabled attached adapters, and only then count it (PENDING → STARTING → STARTED);
+* a replica that dies is replaced after a back-off; after ``engine_max_failures`` failures in a row
+  the endpoint goes to ERROR with the reason in ``error``;
+* STOPPED: stop the replicas gracefully (STOPPING → STOPPED);
+* each replica's loaded adapters follow the database (attached and enabled), so a restart, a
+  disabled adapter or a detach all converge the same way.
+
+The engines' pids are written to the endpoint row, so a server that was killed stops its orphans
+when it starts again; the database, not the processes, is the source of truth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+from sqlalchemy import select
+
+from modelyard.config import Settings
+from modelyard.db import tables
+from modelyard.db.engine import Database, utcnow
+from modelyard.engine.client import AdapterError, EngineClient, EngineError
+from modelyard.engine.process import EngineProcess, EngineStartError, builtin_command, free_port
+from modelyard.engine.vllm import vllm_command, vllm_env, vllm_python
+from modelyard.storage import FilesetMissing, cached_copy, fileset_dir
+
+log = logging.getLogger("modelyard.supervisor")
+
+
+@dataclass
+class Replica:
+    process: EngineProcess
+    client: EngineClient
+    loaded: set[str] = field(default_factory=set)
+    in_flight: int = 0
+
+
+@dataclass(frozen=True)
+class AdapterWant:
+    name: str
+    workspace: str
+    fileset: str
+
+
+@dataclass(frozen=True)
+class EndpointView:
+    """What the database says about one endpoint, read in one short transaction."""
+
+    id: str
+    name: str
+    model_fileset: str | None
+    desired_state: str
+    state: str
+    min_replicas: int
+    max_replicas: int
+    max_loras: int
+    max_lora_rank: int
+    engine: str
+    adapters: tuple[AdapterWant, ...]
+
+
+@dataclass
+class Runtime:
+    endpoint_id: str
+    replicas: list[Replica] = field(default_factory=list)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    failures: int = 0
+    retry_at: float = 0.0
+    last_failure: float = 0.0
+    busy_since: float = field(default_factory=time.monotonic)
+    task: asyncio.Task[None] | None = None
+    serial: int = 0
+
+    @property
+    def in_flight(self) -> int:
+        return sum(r.in_flight for r in self.replicas)
+
+    def pick(self) -> Replica | None:
+        """The live replica with the fewest requests in flight."""
+        live = [r for r in self.replicas if r.process.alive()]
+        return min(live, key=lambda r: r.in_flight) if live else None
+
+
+class Supervisor:
+    def __init__(self, db: Database, settings: Settings) -> None:
+        self.db = db
+        self.settings = settings
+        self.runtimes: dict[str, Runtime] = {}
+        self._wake = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._event_loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = False
+
+    # ----- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._event_loop = asyncio.get_running_loop()
+        await anyio.to_thread.run_sync(self._recover)
+        self._loop_task = asyncio.create_task(self._run(), name="modelyard-supervisor")
+
+    async def stop(self) -> None:
+        """Stop every replica (the endpoints' desired states stay as they are for the next start)."""
+        self._stopping = True
+        if self._loop_task:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        for runtime in list(self.runtimes.values()):
+            if runtime.task:
+                runtime.task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await runtime.task
+            await self._stop_replicas(runtime)
+
+    def wake(self) -> None:
+        """Ask for a pass soon; safe to call from any thread."""
+        loop = self._event_loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            if asyncio.get_running_loop() is loop:
+                self._wake.set()
+                return
+        except RuntimeError:
+            pass
+        loop.call_soon_threadsafe(self._wake.set)
+
+    def runtime(self, endpoint_id: str) -> Runtime:
+        return self.runtimes.setdefault(endpoint_id, Runtime(endpoint_id))
+
+    def _recover(self) -> None:
+        """After a restart: stop engines a killed server left behind and mark what must start again."""
+        with self.db.session(write=True) as session:
+            for row in session.scalars(select(tables.Endpoint)):
+                for pid in row.processes or []:
+                    _kill_orphan(pid)
+                row.processes = []
+                if row.desired_state == "STARTED" and row.state != "ERROR":
+                    row.state = "PENDING"
+                elif row.desired_state == "STOPPED":
+                    row.state = "STOPPED"
+                row.updated_at = utcnow()
+
+    # ----- the loop ------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            try:
+                views = await anyio.to_thread.run_sync(self._read_endpoints)
+                seen = set()
+                for view in views:
+                    seen.add(view.id)
+                    runtime = self.runtime(view.id)
+                    if runtime.task is None or runtime.task.done():
+                        runtime.task = asyncio.create_task(self._reconcile_safely(runtime, view))
+                for endpoint_id in list(self.runtimes):
+                    if endpoint_id not in seen:  # deleted
+                        await self.forget(endpoint_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("supervisor pass failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.supervisor_interval)
+            self._wake.clear()
+
+    async def forget(self, endpoint_id: str) -> None:
+        """Stop and drop the replicas of an endpoint that no longer exists."""
+        runtime = self.runtimes.pop(endpoint_id, None)
+        if runtime is None:
+            return
+        if runtime.task and runtime.task is not asyncio.current_task():
+            runtime.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await runtime.task
+        await self._stop_replicas(runtime)
+
+    def _read_endpoints(self) -> list[EndpointView]:
+        with self.db.session() as session:
+            endpoints = list(session.scalars(select(tables.Endpoint)))
+            rows = session.execute(
+                select(tables.EndpointAdapter.endpoint_id, tables.Adapter)
+                .join(tables.Adapter, tables.Adapter.id == tables.EndpointAdapter.adapter_id)
+            ).all()
+            models = {m.id: m for m in session.scalars(
+                select(tables.Model).where(tables.Model.id.in_({e.model_id for e in endpoints}))
+            )}
+        wanted: dict[str, list[AdapterWant]] = {}
+        for endpoint_id, adapter in rows:
+            if adapter.enabled:
+                wanted.setdefault(endpoint_id, []).append(AdapterWant(adapter.name, adapter.workspace, adapter.fileset))
+        return [
+            EndpointView(
+                id=e.id, name=e.name, model_fileset=models[e.model_id].fileset if e.model_id in models else None,
+                desired_state=e.desired_state, state=e.state, min_replicas=e.min_replicas,
+                max_replicas=e.max_replicas, max_loras=e.max_loras, max_lora_rank=e.max_lora_rank, engine=e.engine,
+                adapters=tuple(wanted.get(e.id, [])),
+            )
+            for e in endpoints
+        ]
+
+    def _write_state(self, endpoint_id: str, state: str, error: str | None = None, pids: list[int] | None = None,
+                     *, keep_error: bool = False) -> None:
+        with self.db.session(write=True) as session:
+            row = session.get(tables.Endpoint, endpoint_id)
+            if row is None:
+                return
+            row.state = state
+            if not keep_error:
+                row.error = error
+            if pids is not None:
+                row.processes = pids
+            row.updated_at = utcnow()
+
+    async def _set_state(self, runtime: Runtime, view: EndpointView, state: str, error: str | None = None) -> None:
+        pids = [r.process.pid for r in runtime.replicas if r.process.pid is not None]
+        await anyio.to_thread.run_sync(lambda: self._write_state(view.id, state, error, pids))
+        if state != view.state:
+            log.info("endpoint state", extra={"endpoint": view.name, "state": state, "error": error})
+
+    # ----- reconciling one endpoint ----------------------------------------------------------------
+
+    async def _reconcile_safely(self, runtime: Runtime, view: EndpointView) -> None:
+        try:
+            async with runtime.lock:
+                await self._reconcile(runtime, view)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("reconcile failed", extra={"endpoint": view.name})
+
+    async def _reconcile(self, runtime: Runtime, view: EndpointView) -> None:
+        now = time.monotonic()
+        for replica in list(runtime.replicas):
+            if not replica.process.alive():
+                runtime.replicas.remove(replica)
+                await replica.client.aclose()
+                self._failed(runtime, now)
+                log.warning("replica died", extra={"endpoint": view.name, "pid": replica.process.pid,
+                                                   "failures": runtime.failures})
+        if view.desired_state == "STOPPED":
+            if runtime.replicas:
+                await self._set_state(runtime, view, "STOPPING")
+                await self._stop_replicas(runtime)
+            runtime.failures = 0
+            if view.state != "STOPPED":
+                await self._set_state(runtime, view, "STOPPED")
+            return
+        if view.state == "ERROR":
+            return  # until the user stops and starts it again
+        if runtime.failures >= self.settings.engine_max_failures:
+            await self._stop_replicas(runtime)
+            await anyio.to_thread.run_sync(
+                lambda: self._write_state(view.id, "ERROR", None, [], keep_error=True)
+            )
+            return
+        if runtime.failures and runtime.replicas and now - runtime.last_failure > 60:
+            runtime.failures = 0
+
+        target = self._target(runtime, view, now)
+        if len(runtime.replicas) < target:
+            if now < runtime.retry_at:
+                self._wake_at(runtime.retry_at)
+                return
+            if not runtime.replicas and view.state != "STARTING":
+                await self._set_state(runtime, view, "STARTING")
+            try:
+                replica = await self._spawn(runtime, view)
+            except (EngineStartError, FilesetMissing, OSError) as exc:
+                self._failed(runtime, now)
+                log.warning("replica failed to start", extra={"endpoint": view.name, "error": str(exc)})
+                if runtime.failures >= self.settings.engine_max_failures:
+                    await self._set_state(runtime, view, "ERROR", f"engine failed to start: {exc}")
+                else:
+                    self._wake_at(runtime.retry_at)
+                return
+            runtime.replicas.append(replica)
+            if len(runtime.replicas) < target:
+                self.wake()
+        elif len(runtime.replicas) > target:
+            idle = min(runtime.replicas, key=lambda r: r.in_flight)
+            if idle.in_flight == 0:
+                runtime.replicas.remove(idle)
+                await self._stop_replica(idle)
+        for replica in runtime.replicas:
+            await self._sync_adapters(replica, view)
+        if runtime.replicas:
+            pids = [r.process.pid for r in runtime.replicas]
+            if view.state != "STARTED":
+                await self._set_state(runtime, view, "STARTED")
+            else:
+                await anyio.to_thread.run_sync(lambda: self._write_state(view.id, "STARTED", None, pids))
+
+    def _failed(self, runtime: Runtime, now: float) -> None:
+        runtime.failures += 1
+        runtime.last_failure = now
+        runtime.retry_at = now + min(2.0 ** (runtime.failures - 1), 30.0)
+
+    def _wake_at(self, when: float) -> None:
+        loop = asyncio.get_running_loop()
+        loop.call_later(max(when - time.monotonic(), 0.0), self._wake.set)
+
+    def _target(self, runtime: Runtime, view: EndpointView, now: float) -> int:
+        low = max(view.min_replicas, 1)
+        high = max(view.max_replicas, low)
+        current = len(runtime.replicas)
+        want = math.ceil(runtime.in_flight / max(self.settings.replica_target_in_flight, 1))
+        if runtime.in_flight:
+            runtime.busy_since = now
+        if want < current and now - runtime.busy_since < self.settings.scale_down_after:
+            want = current  # scale in only after a quiet spell
+        return min(max(want, low), high)
+
+    async def _spawn(self, runtime: Runtime, view: EndpointView) -> Replica:
+        if not view.model_fileset:
+            raise FilesetMissing(f"endpoint '{view.name}': its model has no fileset with checkpoint files")
+        model_path = str(fileset_dir(self.settings.home, view.model_fileset))
+        if not Path(model_path, "config.json").is_file():
+            raise FilesetMissing(f"fileset '{view.model_fileset}' has no config.json (looked in {model_path})")
+        port = free_port()
+        runtime.serial += 1
+        log_path = self.settings.home / "logs" / "endpoints" / view.id / f"replica-{runtime.serial}.log"
+        if view.engine == "vllm":
+            argv = vllm_command(model_path, served_name=view.name, host="127.0.0.1", port=port,
+                                max_loras=view.max_loras, max_lora_rank=view.max_lora_rank,
+                                python=self.settings.vllm_python or vllm_python())
+            env = vllm_env()
+        else:
+            argv = builtin_command(model_path, served_name=view.name, host="127.0.0.1", port=port,
+                                   max_loras=view.max_loras, max_lora_rank=view.max_lora_rank)
+            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        process = EngineProcess(argv=argv, url=f"http://127.0.0.1:{port}", log_path=log_path, env=env)
+        log.info("starting replica", extra={"endpoint": view.name, "engine": view.engine, "port": port})
+        await anyio.to_thread.run_sync(process.start)
+        await anyio.to_thread.run_sync(process.wait_healthy, self.settings.engine_start_timeout)
+        replica = Replica(process=process, client=EngineClient(process.url))
+        try:
+            await self._sync_adapters(replica, view)
+        except BaseException:
+            await self._stop_replica(replica)
+            raise
+        log.info("replica ready", extra={"endpoint": view.name, "pid": process.pid, "url": process.url})
+        return replica
+
+    async def _sync_adapters(self, replica: Replica, view: EndpointView) -> None:
+        """Load what the database attaches and enables; unload the rest."""
+        wanted = {a.name: a for a in view.adapters}
+        for name in sorted(replica.loaded - set(wanted)):
+            with contextlib.suppress(EngineError):
+                await replica.client.unload_adapter(name)
+            replica.loaded.discard(name)
+        for name, want in wanted.items():
+            if name in replica.loaded:
+                continue
+            try:
+                await self.load(replica, want, view.max_lora_rank)
+            except (AdapterError, EngineError, FilesetMissing, OSError) as exc:
+                log.warning("adapter not loaded", extra={"endpoint": view.name, "adapter": name, "error": str(exc)})
+
+    async def load(self, replica: Replica, want: AdapterWant, max_rank: int) -> None:
+        path = await anyio.to_thread.run_sync(self.local_copy, want)
+        try:
+            await replica.client.load_adapter(want.name, str(path), max_rank=max_rank)
+        except EngineError as exc:
+            if "already been loaded" not in exc.message:
+                raise
+        replica.loaded.add(want.name)
+
+    def local_copy(self, want: AdapterWant) -> Path:
+        return cached_copy(self.settings.home, want.fileset, f"{want.workspace}--{want.name}")
+
+    async def _stop_replica(self, replica: Replica) -> None:
+        await replica.client.aclose()
+        await anyio.to_thread.run_sync(replica.process.stop)
+
+    async def _stop_replicas(self, runtime: Runtime) -> None:
+        replicas, runtime.replicas = runtime.replicas, []
+        await asyncio.gather(*(self._stop_replica(r) for r in replicas), return_exceptions=True)
+
+
+def _kill_orphan(pid: int) -> None:
+    """Stop an engine process group left by a server that died, if that pid is still one of ours."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except OSError:
+        return
+    if b"modelyard.engine" not in cmdline and b"vllm" not in cmdline:
+        return  # the pid was reused by something else
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+    log.info("stopped an engine left by an earlier server", extra={"pid": pid})
+
+
+__all__ = ["Replica", "Runtime", "Supervisor"]

@@ -1,0 +1,146 @@
+"""The OpenAI-compatible gateway: route each request by ``model`` to an endpoint replica and adapter.
+
+Served at ``/v1/...`` (caller's workspace from ``X-Modelyard-Workspace``) and under the reference's
+prefix ``/apis/inference-gateway/v2/workspaces/{ws}/openai/-/v1/...``. The request goes to the
+replica with the fewest requests in flight; server-sent events are passed on line by line as they
+arrive (never buffered), with ``model`` rewritten to what the client asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import httpx
+from fastapi import APIRouter, Header, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from modelyard.endpoints.service import in_db
+from modelyard.endpoints.supervisor import Replica, Supervisor
+from modelyard.engine.client import EngineError
+from modelyard.errors import ApiError
+from modelyard.gateway.resolver import callable_models, resolve
+
+router = APIRouter(tags=["inference"])
+PREFIX = "/apis/inference-gateway/v2/workspaces/{workspace}/openai/-"
+RETRY_AFTER_S = 5
+
+WorkspaceHeader = Annotated[str, Header(alias="X-Modelyard-Workspace")]
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise ApiError(400, "the request body must be a JSON object", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        raise ApiError(400, "'model' is required: an adapter name, `endpoint_name:adapter_name` or an "
+                            "endpoint name", code="missing_model")
+    return body
+
+
+def _rewrite(line: str, model: str) -> str:
+    """One SSE line with the chunk's ``model`` set to the name the client used."""
+    if not line.startswith("data: {"):
+        return line
+    try:
+        chunk = json.loads(line[6:])
+    except ValueError:
+        return line
+    if isinstance(chunk, dict) and "model" in chunk:
+        chunk["model"] = model
+        return "data: " + json.dumps(chunk, separators=(",", ":"))
+    return line
+
+
+async def _proxy(request: Request, workspace: str, path: str) -> Response:
+    body = await _body(request)
+    requested = body["model"]
+    supervisor: Supervisor = request.app.state.supervisor
+    target = await in_db(request.app.state.db, lambda s: resolve(s, workspace, requested))
+    runtime = supervisor.runtimes.get(target.endpoint_id)
+    replica = runtime.pick() if runtime is not None else None
+    if target.state != "STARTED" or replica is None:
+        raise ApiError(503, f"endpoint '{target.endpoint_name}' is {target.state} and cannot serve requests "
+                            "yet; retry shortly", code="endpoint_not_ready", kind="service_unavailable",
+                       retry_after=RETRY_AFTER_S)
+    replica.in_flight += 1
+    if runtime is not None and runtime.in_flight > supervisor.settings.replica_target_in_flight * len(runtime.replicas):
+        supervisor.wake()  # time to scale out
+    try:
+        upstream = await replica.client.send(path, {**body, "model": target.engine_model})
+    except EngineError as exc:
+        replica.in_flight -= 1
+        supervisor.wake()  # the replica may have died; let the supervisor look
+        raise ApiError(503, exc.message, code="engine_unavailable", kind="service_unavailable",
+                       retry_after=RETRY_AFTER_S) from None
+    is_stream = upstream.headers.get("content-type", "").startswith("text/event-stream")
+    if not is_stream:
+        try:
+            content = await upstream.aread()
+        finally:
+            await upstream.aclose()
+            replica.in_flight -= 1
+        if upstream.status_code == 200:
+            try:
+                payload = json.loads(content)
+                payload["model"] = requested
+                return JSONResponse(payload)
+            except (ValueError, TypeError):
+                pass
+        return Response(content, status_code=upstream.status_code,
+                        media_type=upstream.headers.get("content-type", "application/json"))
+    return StreamingResponse(_relay(upstream, replica, requested), status_code=upstream.status_code,
+                             media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+async def _relay(upstream: httpx.Response, replica: Replica, model: str) -> AsyncIterator[bytes]:
+    try:
+        async for line in upstream.aiter_lines():
+            yield (_rewrite(line, model) + "\n").encode()
+    finally:
+        await upstream.aclose()
+        replica.in_flight -= 1
+
+
+async def _models(request: Request, workspace: str) -> dict[str, Any]:
+    created = int(time.time())
+    rows = await in_db(request.app.state.db, lambda s: callable_models(s, workspace))
+    return {"object": "list", "data": [
+        {"id": model_id, "object": "model", "created": created, "owned_by": owner, "parent": parent}
+        for model_id, parent, owner in rows
+    ]}
+
+
+@router.post("/v1/chat/completions", summary="Chat completion, routed by model name")
+async def chat_completions(request: Request, workspace: WorkspaceHeader = "default") -> Response:
+    return await _proxy(request, workspace, "/v1/chat/completions")
+
+
+@router.post("/v1/completions", summary="Text completion, routed by model name")
+async def completions(request: Request, workspace: WorkspaceHeader = "default") -> Response:
+    return await _proxy(request, workspace, "/v1/completions")
+
+
+@router.get("/v1/models", summary="What the caller can send requests to: endpoints and attached adapters")
+async def models(request: Request, workspace: WorkspaceHeader = "default") -> dict[str, Any]:
+    return await _models(request, workspace)
+
+
+@router.post(PREFIX + "/v1/chat/completions", summary="Chat completion (inference-gateway path)")
+async def gateway_chat_completions(workspace: str, request: Request) -> Response:
+    return await _proxy(request, workspace, "/v1/chat/completions")
+
+
+@router.post(PREFIX + "/v1/completions", summary="Text completion (inference-gateway path)")
+async def gateway_completions(workspace: str, request: Request) -> Response:
+    return await _proxy(request, workspace, "/v1/completions")
+
+
+@router.get(PREFIX + "/v1/models", summary="Models callable in the workspace (inference-gateway path)")
+async def gateway_models(workspace: str, request: Request) -> dict[str, Any]:
+    return await _models(request, workspace)
