@@ -121,3 +121,11 @@ def live_server(app: FastAPI) -> Iterator[str]:
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def fixture_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny llama, its trained tokenizer and three trained adapters (built once per run)."""
+    from modelyard.engine.fixtures import build_fixture_set
+
+    return build_fixture_set(tmp_path_factory.mktemp("fixtures"))

@@ -8,13 +8,6 @@ from pathlib import Path
 import pytest
 
 from modelyard.engine.core import Engine, Generation, SamplingParams
-from modelyard.engine.fixtures import build_fixture_set
-
-
-@pytest.fixture(scope="session")
-def fixture_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The tiny llama, its trained tokenizer and three trained adapters (built once per run)."""
-    return build_fixture_set(tmp_path_factory.mktemp("fixtures"))
 
 
 def generate(engine: Engine, prompt: str, adapter: str | None, **params) -> Generation:

@@ -46,7 +46,7 @@ from modelyard.storage import FilesetMissing, fileset_dir
 T = TypeVar("T")
 
 # Together's troubleshooting messages, word for word (seeds/004).
-BAD_FORMAT = "model_id must be in format 'endpoint_model_name:adapter_name'"
+BAD_FORMAT = "model_id must be in format \u2018endpoint_model_name:adapter_name\u2019"  # the seed's quotes
 NAME_MISMATCH = "endpoint name in model_id does not match endpoint"
 NO_MODEL = "Could not find model"
 NO_ENDPOINT = "No endpoint with this id exists"

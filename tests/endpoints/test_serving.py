@@ -1,0 +1,276 @@
+"""Running endpoints: real engine processes, adapters attached and detached while they serve, requests
+routed through the gateway, crashes, and scaling; with the official OpenAI and Together SDKs.
+
+These start built-in engine processes, so they run on SQLite only (the rules are covered on both
+databases in test_router.py).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from fastapi import FastAPI
+from together import Together
+
+from modelyard.client import Modelyard
+from modelyard.config import Settings
+from modelyard.storage import fileset_dir
+from tests.conftest import TRUSTED
+
+PROMPT = [{"role": "user", "content": "hello there"}]
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(home=tmp_path / "home", database_url=f"sqlite:///{tmp_path / 'serving.db'}",
+                    trusted_fileset_workspaces=TRUSTED, supervisor_interval=0.5, engine_start_timeout=120)
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 90.0, what: str = "condition") -> object:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def start_endpoint(tg: Together, **extra: object):
+    autoscaling = extra.pop("autoscaling", {"min_replicas": 1, "max_replicas": 1})
+    endpoint = tg.endpoints.create(model="default/tiny", hardware="cpu", autoscaling=autoscaling,
+                                   extra_body=extra or None)
+    assert endpoint.state in ("PENDING", "STARTING")
+    wait_for(lambda: tg.endpoints.retrieve(endpoint.id).state == "STARTED", what="endpoint STARTED")
+    return tg.endpoints.retrieve(endpoint.id)
+
+
+def ask(oa: openai.OpenAI, model: str, max_tokens: int = 10) -> str:
+    response = oa.chat.completions.create(model=model, messages=PROMPT, max_tokens=max_tokens, temperature=0)
+    assert response.model == model
+    return response.choices[0].message.content
+
+
+def pids(app: FastAPI, endpoint_id: str) -> list[int]:
+    runtime = app.state.supervisor.runtimes.get(endpoint_id)
+    return [r.process.pid for r in runtime.replicas if r.process.alive()] if runtime else []
+
+
+def test_attach_route_stream_and_detach_with_the_official_sdks(registry: tuple[Modelyard, Together],
+                                                               live_server: str) -> None:
+    ours, tg = registry
+    oa = openai.OpenAI(api_key="test", base_url=live_server + "/v1", max_retries=0)
+    endpoint = start_endpoint(tg)
+    base = ask(oa, endpoint.name)
+
+    tg.endpoints.adapters.add(endpoint.id, model_id=f"{endpoint.name}:pirate")
+    tg.endpoints.adapters.add(endpoint.id, model_id=f"{endpoint.name}:chef")
+    answers = {"base": base, "pirate": ask(oa, "pirate"), "chef": ask(oa, f"{endpoint.name}:chef")}
+    assert len(set(answers.values())) == 3, answers
+    assert ask(oa, f"{endpoint.name}:pirate") == answers["pirate"]
+
+    # Together's SDK routes the same way
+    via_together = tg.chat.completions.create(model="pirate", messages=PROMPT, max_tokens=10, temperature=0)
+    assert via_together.choices[0].message.content == answers["pirate"]
+
+    # streaming: chunks arrive as events, carry the requested model name, and add up to the same text
+    chunks = list(oa.chat.completions.create(model="chef", messages=PROMPT, max_tokens=10, temperature=0,
+                                             stream=True))
+    assert all(c.model == "chef" for c in chunks)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == answers["chef"]
+    streamed = tg.chat.completions.create(model=f"{endpoint.name}:pirate", messages=PROMPT, max_tokens=10,
+                                          temperature=0, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == answers["pirate"]
+
+    completion = oa.completions.create(model="pirate", prompt="Tell me about", max_tokens=5, temperature=0)
+    assert completion.model == "pirate" and completion.usage.completion_tokens == 5
+
+    listed = {m.id: getattr(m, "parent", None) for m in oa.models.list()}
+    assert listed == {endpoint.name: None, "pirate": endpoint.name, "chef": endpoint.name}
+
+    # the reference's inference-gateway prefix serves the same routes
+    prefixed = httpx.post(f"{live_server}/apis/inference-gateway/v2/workspaces/default/openai/-/v1/chat/completions",
+                          json={"model": "default/pirate", "messages": PROMPT, "max_tokens": 10, "temperature": 0})
+    assert prefixed.status_code == 200 and prefixed.json()["choices"][0]["message"]["content"] == answers["pirate"]
+
+    tg.endpoints.adapters.remove(endpoint.id, model_id=f"{endpoint.name}:pirate")
+    with pytest.raises(openai.NotFoundError) as gone:
+        ask(oa, "pirate")
+    assert gone.value.code == "model_not_found"
+    assert ask(oa, "chef") == answers["chef"]
+
+    # disabling an attached adapter unloads it from the engine; enabling loads it again
+    ours.adapters.update("default", "chef", enabled=False)
+    with pytest.raises(openai.NotFoundError):
+        ask(oa, "chef")
+    replica = app_replica(live_server)
+    wait_for(lambda: "chef" not in engine_models(replica), what="chef unloaded from the engine")
+    ours.adapters.update("default", "chef", enabled=True)
+    wait_for(lambda: "chef" in engine_models(replica), what="chef loaded again")
+    assert ask(oa, "chef") == answers["chef"]
+
+
+_APPS: dict[str, FastAPI] = {}
+
+
+@pytest.fixture(autouse=True)
+def _remember_app(app: FastAPI, live_server: str) -> None:
+    _APPS[live_server] = app
+
+
+def app_replica(live_server: str) -> str:
+    (runtime,) = _APPS[live_server].state.supervisor.runtimes.values()
+    return runtime.replicas[0].process.url
+
+
+def engine_models(url: str) -> set[str]:
+    return {m["id"] for m in httpx.get(url + "/v1/models").json()["data"] if m.get("parent")}
+
+
+def test_failed_loads_leave_nothing_attached(registry: tuple[Modelyard, Together], settings: Settings,
+                                            live_server: str) -> None:
+    ours, tg = registry
+    endpoint = start_endpoint(tg, max_lora_rank=4)  # the fixture adapters have rank 8
+    with pytest.raises(Exception) as too_wide:
+        tg.endpoints.adapters.add(endpoint.id, model_id=f"{endpoint.name}:pirate")
+    assert too_wide.value.status_code == 400
+    assert "rank 8, above this engine's max_lora_rank 4" in too_wide.value.body["error"]["message"]
+
+    broken = fileset_dir(settings.home, "default/broken-files")
+    shutil.copytree(fileset_dir(settings.home, "default/chef-files"), broken)
+    (broken / "adapter_config.json").unlink()
+    ours.adapters.create("default", model="tiny", name="broken", fileset="broken-files", finetuning_type="lora")
+    with pytest.raises(Exception) as no_config:
+        tg.endpoints.adapters.add(endpoint.id, model_id=f"{endpoint.name}:broken")
+    assert no_config.value.status_code == 400
+    assert "no adapter_config.json" in no_config.value.body["error"]["message"]
+    assert tg.endpoints.adapters.list(endpoint.id).data == []
+    assert engine_models(app_replica(live_server)) == set()
+
+
+def test_a_killed_replica_is_replaced_and_serves_the_same_adapters(app: FastAPI,
+                                                                   registry: tuple[Modelyard, Together],
+                                                                   live_server: str) -> None:
+    _, tg = registry
+    oa = openai.OpenAI(api_key="test", base_url=live_server + "/v1", max_retries=0)
+    endpoint = start_endpoint(tg)
+    tg.endpoints.adapters.add(endpoint.id, model_id=f"{endpoint.name}:space")
+    before = ask(oa, "space")
+    (pid,) = pids(app, endpoint.id)
+    os.kill(pid, signal.SIGKILL)
+    new = wait_for(lambda: [p for p in pids(app, endpoint.id) if p != pid], what="a new replica")
+    assert new and tg.endpoints.retrieve(endpoint.id).state == "STARTED"
+    assert ask(oa, "space") == before
+
+
+def test_hot_swap_while_requests_flow(app: FastAPI, registry: tuple[Modelyard, Together], live_server: str) -> None:
+    _, tg = registry
+    oa = openai.OpenAI(api_key="test", base_url=live_server + "/v1", max_retries=0)
+    endpoint = start_endpoint(tg)
+    tg.endpoints.adapters.add(endpoint.id, model_id=f"{endpoint.name}:pirate")
+    tg.endpoints.adapters.add(endpoint.id, model_id=f"{endpoint.name}:space")
+    expected = ask(oa, "pirate")
+    results: list[str] = []
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def stream_of_requests() -> None:
+        while not stop.is_set():
+            try:
+                results.append(ask(oa, "pirate"))
+            except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+                errors.append(exc)
+
+    worker = threading.Thread(target=stream_of_requests)
+    worker.start()
+    try:
+        wait_for(lambda: len(results) >= 2, what="requests flowing")
+        tg.endpoints.adapters.add(endpoint.id, model_id=f"{endpoint.name}:chef")  # attach B
+        tg.endpoints.adapters.remove(endpoint.id, model_id=f"{endpoint.name}:space")  # detach C
+        count = len(results)
+        wait_for(lambda: len(results) >= count + 2, what="more requests after the swap")
+    finally:
+        stop.set()
+        worker.join(30)
+    assert errors == [] and set(results) == {expected}
+    assert ask(oa, "chef") != expected
+
+
+def test_stop_and_start_again(app: FastAPI, registry: tuple[Modelyard, Together], live_server: str) -> None:
+    _, tg = registry
+    oa = openai.OpenAI(api_key="test", base_url=live_server + "/v1", max_retries=0)
+    endpoint = start_endpoint(tg)
+    tg.endpoints.adapters.add(endpoint.id, model_id=f"{endpoint.name}:chef")
+    before = ask(oa, "chef")
+    (pid,) = pids(app, endpoint.id)
+    assert tg.endpoints.update(endpoint.id, state="STOPPED").state in ("STARTED", "STOPPING", "STOPPED")
+    wait_for(lambda: tg.endpoints.retrieve(endpoint.id).state == "STOPPED", what="STOPPED")
+    wait_for(lambda: not _alive(pid), what="the replica to exit")
+    with pytest.raises(openai.APIStatusError) as unavailable:
+        ask(oa, "chef")
+    assert unavailable.value.status_code == 503
+    tg.endpoints.update(endpoint.id, state="STARTED")
+    wait_for(lambda: tg.endpoints.retrieve(endpoint.id).state == "STARTED", what="STARTED again")
+    assert ask(oa, "chef") == before  # the attachment survived and was loaded before STARTED
+    (new_pid,) = pids(app, endpoint.id)
+    tg.endpoints.delete(endpoint.id)  # stops its replicas before answering
+    assert pids(app, endpoint.id) == [] and not _alive(new_pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+
+
+def test_a_model_that_cannot_start_goes_to_error(app: FastAPI, registry: tuple[Modelyard, Together],
+                                                 settings: Settings) -> None:
+    ours, tg = registry
+    settings.engine_max_failures = 2
+    broken = fileset_dir(settings.home, "default/broken-base")
+    shutil.copytree(fileset_dir(settings.home, "default/tiny-files"), broken)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    ours.models.create("default", name="broken-base", fileset="default/broken-base")
+    endpoint = tg.endpoints.create(model="broken-base", hardware="cpu",
+                                   autoscaling={"min_replicas": 1, "max_replicas": 1})
+    wait_for(lambda: tg.endpoints.retrieve(endpoint.id).state == "ERROR", what="ERROR")
+    error = tg.endpoints.retrieve(endpoint.id).model_extra["error"]
+    assert "engine failed to start" in error and "exited with code" in error
+
+
+def test_scales_out_under_load_and_back_in(app: FastAPI, registry: tuple[Modelyard, Together],
+                                           settings: Settings, live_server: str) -> None:
+    _, tg = registry
+    settings.replica_target_in_flight = 1
+    settings.scale_down_after = 1.0
+    endpoint = start_endpoint(tg, autoscaling={"min_replicas": 1, "max_replicas": 2})
+    body = {"model": endpoint.name, "prompt": "Tell me about", "max_tokens": 400, "temperature": 0}
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(timeout=120) as http:
+            while not stop.is_set():
+                http.post(live_server + "/v1/completions", json=body)
+
+    workers = [threading.Thread(target=load) for _ in range(3)]
+    for w in workers:
+        w.start()
+    try:
+        wait_for(lambda: tg.endpoints.retrieve(endpoint.id).model_extra["replicas"] == 2, what="a second replica")
+    finally:
+        stop.set()
+        for w in workers:
+            w.join(120)
+    wait_for(lambda: tg.endpoints.retrieve(endpoint.id).model_extra["replicas"] == 1, what="back to one replica")
