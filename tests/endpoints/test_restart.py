@@ -1,0 +1,86 @@
+"""The database is the source of truth: kill the server, start it again, and the endpoint comes back
+with its adapters loaded and answering exactly as before (and the killed server's engines are gone)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+from together import Together
+
+from modelyard.client import Modelyard
+from modelyard.config import Settings
+from tests.conftest import free_port
+from tests.endpoints.conftest import fill_filesets, register
+from tests.endpoints.test_serving import PROMPT, wait_for
+
+
+def _serve(home: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "MODELYARD_HOME": str(home), "MODELYARD_SUPERVISOR_INTERVAL": "0.5"}
+    env.pop("MODELYARD_DATABASE_URL", None)
+    with open(log, "ab") as out:
+        server = subprocess.Popen([sys.executable, "-m", "modelyard.cli.main", "serve", "--port", str(port)],
+                                  env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    wait_for(lambda: _up(url) or server.poll() is not None, 60, "the server")
+    assert server.poll() is None, log.read_text()[-2000:]
+    return server
+
+
+def _up(url: str) -> bool:
+    try:
+        return httpx.get(url + "/health").status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _engine_pids(home: Path) -> set[int]:
+    """Built-in engine processes serving a checkpoint under ``home``."""
+    out = subprocess.run(["pgrep", "-f", f"modelyard.engine --model {home}"], capture_output=True, text=True).stdout
+    return {int(p) for p in out.split()}
+
+
+def test_kill_the_server_and_start_it_again(tmp_path: Path, fixture_models: dict[str, Path]) -> None:
+    home, port, log = tmp_path / "home", free_port(), tmp_path / "server.log"
+    fill_filesets(Settings(home=home), fixture_models)
+    url = f"http://127.0.0.1:{port}"
+    server = _serve(home, port, log)
+    try:
+        with Modelyard(url) as ours:
+            register(ours)
+        tg = Together(api_key="test", base_url=url + "/v1", max_retries=0)
+        oa = openai.OpenAI(api_key="test", base_url=url + "/v1", max_retries=0)
+        endpoint = tg.endpoints.create(model="tiny", hardware="cpu", autoscaling={"min_replicas": 1, "max_replicas": 1})
+        wait_for(lambda: tg.endpoints.retrieve(endpoint.id).state == "STARTED", what="STARTED")
+        tg.endpoints.adapters.add(endpoint.id, model_id=f"{endpoint.name}:pirate")
+        tg.endpoints.adapters.add(endpoint.id, model_id=f"{endpoint.name}:chef")
+
+        def answers() -> dict[str, str]:
+            return {m: oa.chat.completions.create(model=m, messages=PROMPT, max_tokens=10, temperature=0)
+                    .choices[0].message.content for m in ("pirate", "chef")}
+
+        before = answers()
+        orphans = _engine_pids(home)
+        assert orphans
+        server.send_signal(signal.SIGKILL)
+        server.wait()
+
+        server = _serve(home, port, log)
+        wait_for(lambda: tg.endpoints.retrieve(endpoint.id).state == "STARTED", what="STARTED after restart")
+        assert [a.adapter_name for a in tg.endpoints.adapters.list(endpoint.id).data] == ["pirate", "chef"]
+        assert answers() == before
+        time.sleep(0.5)
+        assert not (orphans & _engine_pids(home)), "the killed server's engines were not stopped"
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    wait_for(lambda: not _engine_pids(home), 30, "engines to stop with the server")
