@@ -21,6 +21,9 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: install
+	$(BIN)/modelyard demo
+
+serve: install
 	$(BIN)/modelyard serve
 
 test: install

@@ -42,7 +42,7 @@ def _up(url: str) -> bool:
 
 def _engine_pids(home: Path) -> set[int]:
     """Built-in engine processes serving a checkpoint under ``home``."""
-    out = subprocess.run(["pgrep", "-f", f"modelyard.engine --model {home}"], capture_output=True, text=True).stdout
+    out = subprocess.run(["pgrep", "-f", f"modelyard.engine --model {home}"], capture_output=True, text=True, check=False).stdout
     return {int(p) for p in out.split()}
 
 

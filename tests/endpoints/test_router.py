@@ -96,7 +96,7 @@ def test_every_seed_error_message(registry: tuple[Modelyard, Together], case: st
     name = endpoint.name
     expected: tuple[int, str]
     if case == "bad-format":
-        for bad in ("pirate", f"{name}:", f":pirate", f"{name}:pirate:x"):
+        for bad in ("pirate", f"{name}:", ":pirate", f"{name}:pirate:x"):
             with pytest.raises(together.BadRequestError) as err:
                 tg.endpoints.adapters.add(endpoint.id, model_id=bad)
         call, expected = (lambda: None), (400, messages[0])

@@ -3,9 +3,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
-
-import pytest
 
 from modelyard.engine.core import Engine, Generation, SamplingParams
 

@@ -19,6 +19,8 @@ adapters_app = typer.Typer(help="Register and inspect adapters.", no_args_is_hel
 app.add_typer(workspaces_app, name="workspaces")
 app.add_typer(models_app, name="models")
 app.add_typer(adapters_app, name="adapters")
+endpoints_app = typer.Typer(help="Serve a base model and attach adapters to it at run time.", no_args_is_help=True)
+app.add_typer(endpoints_app, name="endpoints")
 
 console = Console()
 Url = Annotated[str | None, typer.Option("--url", envvar="MODELYARD_URL", help="Server URL [default: http://127.0.0.1:8000]")]
@@ -41,6 +43,20 @@ def serve(
     configure_logging(settings)
     console.print(f"Modelyard on http://{host}:{port}  (docs: http://{host}:{port}/docs)", highlight=False)
     uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False)
+
+
+@app.command()
+def demo(
+    host: Annotated[str, typer.Option(help="Interface to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on")] = 8000,
+) -> None:
+    """End to end on the embedded defaults: server, tiny model + 3 adapters, a LoRA endpoint, routed requests.
+
+    Leaves the server running afterwards (Ctrl-C stops it).
+    """
+    from modelyard.cli.demo import run_demo
+
+    run_demo(host, port, console)
 
 
 def _client(url: str | None) -> Modelyard:
@@ -163,3 +179,81 @@ def adapters_delete(name: str, workspace: Workspace = "default", url: Url = None
 
 if __name__ == "__main__":
     app()
+
+
+ENDPOINT_COLUMNS = ["id", "name", "model", "state", "replicas", "engine", "error"]
+
+
+@endpoints_app.command("list")
+def endpoints_list(url: Url = None, as_json: AsJson = False) -> None:
+    """List endpoints."""
+    _show(_run(lambda: _client(url).endpoints.list()).data, ENDPOINT_COLUMNS, as_json)
+
+
+@endpoints_app.command("get")
+def endpoints_get(endpoint_id: str, url: Url = None) -> None:
+    """Show one endpoint as JSON."""
+    _show(_run(lambda: _client(url).endpoints.retrieve(endpoint_id)), [], True)
+
+
+@endpoints_app.command("create")
+def endpoints_create(
+    model: Annotated[str, typer.Argument(help="base model, ws/name")],
+    hardware: Annotated[str, typer.Option(help="see `GET /v1/hardware`")] = "cpu",
+    min_replicas: int = 1,
+    max_replicas: int = 1,
+    max_loras: Annotated[int, typer.Option(help="adapters resident per replica")] = 4,
+    max_lora_rank: int = 16,
+    engine: Annotated[str, typer.Option(help="builtin (CPU) or vllm")] = "builtin",
+    url: Url = None,
+    as_json: AsJson = False,
+) -> None:
+    """Create a LoRA-enabled endpoint; it starts at once (watch `modelyard endpoints list`)."""
+    created = _run(lambda: _client(url).endpoints.create(
+        model=model, hardware=hardware, min_replicas=min_replicas, max_replicas=max_replicas,
+        max_loras=max_loras, max_lora_rank=max_lora_rank, engine=engine,
+    ))
+    _show(created, ENDPOINT_COLUMNS, as_json)
+
+
+@endpoints_app.command("start")
+def endpoints_start(endpoint_id: str, url: Url = None) -> None:
+    """Ask for the endpoint to run (state STARTED)."""
+    _show(_run(lambda: _client(url).endpoints.update(endpoint_id, state="STARTED")), ENDPOINT_COLUMNS, False)
+
+
+@endpoints_app.command("stop")
+def endpoints_stop(endpoint_id: str, url: Url = None) -> None:
+    """Stop the endpoint's replicas (its adapters stay attached)."""
+    _show(_run(lambda: _client(url).endpoints.update(endpoint_id, state="STOPPED")), ENDPOINT_COLUMNS, False)
+
+
+@endpoints_app.command("delete")
+def endpoints_delete(endpoint_id: str, url: Url = None) -> None:
+    """Delete an endpoint (stops its replicas and detaches its adapters)."""
+    _run(lambda: _client(url).endpoints.delete(endpoint_id))
+    console.print(f"deleted {endpoint_id}")
+
+
+@endpoints_app.command("attach")
+def endpoints_attach(
+    endpoint_id: str,
+    model_id: Annotated[str, typer.Argument(help="<endpoint_name>:<adapter_name>")],
+    url: Url = None,
+) -> None:
+    """Attach an adapter; it is loaded into every running replica before this returns."""
+    console.print(_run(lambda: _client(url).endpoints.adapters.add(endpoint_id, model_id=model_id)))
+
+
+@endpoints_app.command("adapters")
+def endpoints_adapters(endpoint_id: str, url: Url = None, as_json: AsJson = False) -> None:
+    """List the adapters attached to an endpoint."""
+    listed = _run(lambda: _client(url).endpoints.adapters.list(endpoint_id))
+    _show(listed.data, ["model_id", "adapter_name", "endpoint_name"], as_json)
+
+
+@endpoints_app.command("detach")
+def endpoints_detach(endpoint_id: str, model_id: str, url: Url = None) -> None:
+    """Detach an adapter; requests for it answer 404 from then on."""
+    _run(lambda: _client(url).endpoints.adapters.remove(endpoint_id, model_id=model_id))
+    console.print(f"detached {model_id}")

@@ -1,4 +1,5 @@
-"""Typed resources over httpx: ``client.workspaces``, ``client.models``, ``client.adapters``."""
+"""Typed resources over httpx: ``client.workspaces``, ``client.models``, ``client.adapters``,
+``client.endpoints`` (with ``client.endpoints.adapters``) and ``client.chat``."""
 
 from __future__ import annotations
 
@@ -12,6 +13,13 @@ from pydantic import BaseModel
 
 from modelyard.adapters.schemas import Adapter
 from modelyard.client.errors import APIConnectionError, error_for
+from modelyard.endpoints.schemas import (
+    AdapterRemoved,
+    AttachedAdapterList,
+    Endpoint,
+    EndpointList,
+    HardwareList,
+)
 from modelyard.listing import Pagination
 from modelyard.models.schemas import ModelEntity
 from modelyard.workspaces.schemas import Workspace
@@ -88,6 +96,8 @@ class Modelyard:
         self.workspaces = Workspaces(self)
         self.models = Models(self)
         self.adapters = Adapters(self)
+        self.endpoints = Endpoints(self)
+        self.chat = Chat(self)
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """Send a request; raise the error class of the status for 4xx/5xx."""
@@ -221,3 +231,60 @@ class Adapters(_Resource):
         if model_name is None:
             return f"{_models_path(workspace)}/adapters/{name}"
         return f"{_models_path(workspace)}/models/{model_name}/adapters/{name}"
+
+
+class EndpointAdapters(_Resource):
+    """Attach, list and detach adapters on an endpoint (``model_id`` = ``<endpoint_name>:<adapter>``)."""
+
+    def add(self, endpoint_id: str, /, *, model_id: str) -> str:
+        body = self._client.request("POST", f"/v1/endpoints/{endpoint_id}/adapters", json={"model_id": model_id})
+        return str(body.json()["model_id"])
+
+    def list(self, endpoint_id: str, /) -> AttachedAdapterList:
+        return AttachedAdapterList.model_validate(
+            self._client.request("GET", f"/v1/endpoints/{endpoint_id}/adapters").json()
+        )
+
+    def remove(self, endpoint_id: str, /, *, model_id: str) -> AdapterRemoved:
+        response = self._client.request("DELETE", f"/v1/endpoints/{endpoint_id}/adapters", json={"model_id": model_id})
+        return AdapterRemoved.model_validate(response.json())
+
+
+class Endpoints(_Resource):
+    """Endpoints serving one base model with LoRA adapters attached at run time (Together's format)."""
+
+    def __init__(self, client: Modelyard) -> None:
+        super().__init__(client)
+        self.adapters = EndpointAdapters(client)
+
+    def create(self, *, model: str, hardware: str = "cpu", min_replicas: int = 1, max_replicas: int = 1,
+               **fields: Any) -> Endpoint:
+        body = {"model": model, "hardware": hardware,
+                "autoscaling": {"min_replicas": min_replicas, "max_replicas": max_replicas}, **fields}
+        return Endpoint.model_validate(self._client.request("POST", "/v1/endpoints", json=body).json())
+
+    def list(self, *, type: str | None = None, mine: bool | None = None) -> EndpointList:
+        params = {k: v for k, v in (("type", type), ("mine", mine)) if v is not None}
+        return EndpointList.model_validate(self._client.request("GET", "/v1/endpoints", params=params).json())
+
+    def retrieve(self, endpoint_id: str, /) -> Endpoint:
+        return Endpoint.model_validate(self._client.request("GET", f"/v1/endpoints/{endpoint_id}").json())
+
+    def update(self, endpoint_id: str, /, **fields: Any) -> Endpoint:
+        return Endpoint.model_validate(
+            self._client.request("PATCH", f"/v1/endpoints/{endpoint_id}", json=fields).json()
+        )
+
+    def delete(self, endpoint_id: str, /) -> None:
+        self._client.request("DELETE", f"/v1/endpoints/{endpoint_id}")
+
+    def hardware(self) -> HardwareList:
+        return HardwareList.model_validate(self._client.request("GET", "/v1/hardware").json())
+
+
+class Chat(_Resource):
+    """A minimal OpenAI-style chat call through the gateway (use the ``openai`` SDK for everything else)."""
+
+    def create(self, *, model: str, messages: list[dict[str, Any]], **params: Any) -> dict[str, Any]:
+        body = {"model": model, "messages": messages, **params}
+        return self._client.request("POST", "/v1/chat/completions", json=body).json()

@@ -25,6 +25,11 @@ class APIStatusError(ModelyardError):
         self.status_code = response.status_code
         self.body = body
         self.detail = body.get("detail") if isinstance(body, dict) else body
+        # the OpenAI-compatible routes (/v1/...) answer {"error": {"message", "type", "code"}}
+        error = body.get("error") if isinstance(body, dict) else None
+        self.code: str | None = error.get("code") if isinstance(error, dict) else None
+        if isinstance(error, dict) and self.detail is None:
+            self.detail = error.get("message")
         super().__init__(f"{response.status_code}: {self._describe()}")
 
     def _describe(self) -> str:
