@@ -279,6 +279,7 @@ async def attach(db: Database, supervisor: Supervisor, workspace: str, endpoint_
         except BaseException:
             await _unload(loaded_here, adapter.name)
             raise
+        supervisor.generation += 1
     return f"{endpoint.name}:{adapter.name}"
 
 
@@ -304,6 +305,7 @@ async def detach(db: Database, supervisor: Supervisor, workspace: str, endpoint_
     runtime = supervisor.runtime(endpoint.id)
     async with runtime.lock:
         await in_db(db, remove, write=True)
+        supervisor.generation += 1
         await _unload(list(runtime.replicas), adapter.name)
     return AdapterRemoved(model_id=model_id)
 

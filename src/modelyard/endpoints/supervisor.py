@@ -105,6 +105,8 @@ class Supervisor:
         self._loop_task: asyncio.Task[None] | None = None
         self._event_loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
+        self.generation = 0
+        """Bumped on every change that can alter routing; the gateway's name cache keys on it."""
 
     # ----- lifecycle -----------------------------------------------------------------------------
 
@@ -129,6 +131,7 @@ class Supervisor:
 
     def wake(self) -> None:
         """Ask for a pass soon; safe to call from any thread."""
+        self.generation += 1
         loop = self._event_loop
         if loop is None or loop.is_closed():
             return
@@ -181,6 +184,7 @@ class Supervisor:
 
     async def forget(self, endpoint_id: str) -> None:
         """Stop and drop the replicas of an endpoint that no longer exists."""
+        self.generation += 1
         runtime = self.runtimes.pop(endpoint_id, None)
         if runtime is None:
             return
@@ -228,6 +232,7 @@ class Supervisor:
             row.updated_at = utcnow()
 
     async def _set_state(self, runtime: Runtime, view: EndpointView, state: str, error: str | None = None) -> None:
+        self.generation += 1
         pids = [r.process.pid for r in runtime.replicas if r.process.pid is not None]
         await anyio.to_thread.run_sync(lambda: self._write_state(view.id, state, error, pids))
         if state != view.state:

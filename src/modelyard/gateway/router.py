@@ -21,7 +21,7 @@ from modelyard.endpoints.service import in_db
 from modelyard.endpoints.supervisor import Replica, Supervisor
 from modelyard.engine.client import EngineError
 from modelyard.errors import ApiError
-from modelyard.gateway.resolver import callable_models, resolve
+from modelyard.gateway.resolver import Target, callable_models, resolve
 
 router = APIRouter(tags=["inference"])
 PREFIX = "/apis/inference-gateway/v2/workspaces/{workspace}/openai/-"
@@ -43,6 +43,25 @@ async def _body(request: Request) -> dict[str, Any]:
     return body
 
 
+_CACHE_TTL_S = 1.0
+_cache: dict[tuple[int, str, str], tuple[float, Target]] = {}
+
+
+async def _resolve(request: Request, supervisor: Supervisor, workspace: str, model: str) -> Target:
+    """Resolve through a small cache: valid while nothing changed in this server (``generation``) and
+    for at most a second, so changes made by another server process are seen promptly too."""
+    key = (supervisor.generation, workspace, model)
+    hit = _cache.get(key)
+    now = time.monotonic()
+    if hit is not None and hit[0] > now:
+        return hit[1]
+    target = await in_db(request.app.state.db, lambda s: resolve(s, workspace, model))
+    if len(_cache) > 10_000:
+        _cache.clear()
+    _cache[key] = (now + _CACHE_TTL_S, target)
+    return target
+
+
 def _rewrite(line: str, model: str) -> str:
     """One SSE line with the chunk's ``model`` set to the name the client used."""
     if not line.startswith("data: {"):
@@ -61,7 +80,7 @@ async def _proxy(request: Request, workspace: str, path: str) -> Response:
     body = await _body(request)
     requested = body["model"]
     supervisor: Supervisor = request.app.state.supervisor
-    target = await in_db(request.app.state.db, lambda s: resolve(s, workspace, requested))
+    target = await _resolve(request, supervisor, workspace, requested)
     runtime = supervisor.runtimes.get(target.endpoint_id)
     replica = runtime.pick() if runtime is not None else None
     if target.state != "STARTED" or replica is None:
