@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import APIRouter, BackgroundTasks, Depends, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 
 from modelyard.adapters import service, store
 from modelyard.adapters.schemas import (
@@ -21,11 +22,17 @@ ListParams = Annotated[ListQuery, Depends(query_dependency(store.FILTERS))]
 _out = {"response_model_exclude_none": True}
 
 
-def _tell_supervisor(request: Request, background: BackgroundTasks) -> None:
-    """After the commit, let running endpoints follow the change (a disabled adapter is unloaded)."""
+def _routing_changed(request: Request) -> Iterator[None]:
+    """Declared before the session, so it exits after the session's commit and before the response:
+    running endpoints then follow the change (a disabled adapter is unloaded) and the gateway's
+    name cache is invalidated before the client can send its next request."""
+    yield
     supervisor = getattr(request.app.state, "supervisor", None)
     if supervisor is not None:
-        background.add_task(supervisor.wake)
+        supervisor.wake()
+
+
+RoutingChange = Annotated[None, Depends(_routing_changed, scope="function")]
 
 
 @router.post("/models/{model_name}/adapters", status_code=201, response_model=Adapter, **_out)
@@ -38,10 +45,9 @@ def create_model_adapter(
 
 @router.patch("/models/{model_name}/adapters/{adapter}", response_model=Adapter, **_out)
 def update_model_adapter(
-    workspace: str, model_name: str, adapter: str, body: UpdateAdapterRequest, session: SessionDep,
-    request: Request, background: BackgroundTasks,
+    workspace: str, model_name: str, adapter: str, body: UpdateAdapterRequest, _: RoutingChange,
+    session: SessionDep,
 ) -> Adapter:
-    _tell_supervisor(request, background)
     return service.update(session, workspace, adapter, body, model_name=model_name)
 
 
@@ -69,12 +75,10 @@ def get_adapter(workspace: str, name: str, session: SessionDep) -> Adapter:
 
 @router.patch("/adapters/{name}", response_model=Adapter, **_out)
 def update_adapter(
-    workspace: str, name: str, body: UpdateAdapterRequest, session: SessionDep, request: Request,
-    background: BackgroundTasks,
+    workspace: str, name: str, body: UpdateAdapterRequest, _: RoutingChange, session: SessionDep
 ) -> Adapter:
     """Change description, enabled, fileset or lora_config; any other field is 422. Disabling an
     adapter attached to an endpoint unloads it there; enabling it loads it again."""
-    _tell_supervisor(request, background)
     return service.update(session, workspace, name, body)
 
 

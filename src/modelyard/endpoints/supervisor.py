@@ -170,7 +170,7 @@ class Supervisor:
                     seen.add(view.id)
                     runtime = self.runtime(view.id)
                     if runtime.task is None or runtime.task.done():
-                        runtime.task = asyncio.create_task(self._reconcile_safely(runtime, view))
+                        runtime.task = asyncio.create_task(self._reconcile_safely(runtime, view.id))
                 for endpoint_id in list(self.runtimes):
                     if endpoint_id not in seen:  # deleted
                         await self.forget(endpoint_id)
@@ -194,20 +194,26 @@ class Supervisor:
                 await runtime.task
         await self._stop_replicas(runtime)
 
-    def _read_endpoints(self) -> list[EndpointView]:
+    def _read_endpoints(self, endpoint_id: str | None = None) -> list[EndpointView]:
+        """All endpoints (or one) with their attached, enabled adapters, in one transaction."""
         with self.db.session() as session:
-            endpoints = list(session.scalars(select(tables.Endpoint)))
-            rows = session.execute(
+            endpoints_q = select(tables.Endpoint)
+            bindings_q = (
                 select(tables.EndpointAdapter.endpoint_id, tables.Adapter)
                 .join(tables.Adapter, tables.Adapter.id == tables.EndpointAdapter.adapter_id)
-            ).all()
+            )
+            if endpoint_id is not None:
+                endpoints_q = endpoints_q.where(tables.Endpoint.id == endpoint_id)
+                bindings_q = bindings_q.where(tables.EndpointAdapter.endpoint_id == endpoint_id)
+            endpoints = list(session.scalars(endpoints_q))
+            rows = session.execute(bindings_q).all()
             models = {m.id: m for m in session.scalars(
                 select(tables.Model).where(tables.Model.id.in_({e.model_id for e in endpoints}))
             )}
         wanted: dict[str, list[AdapterWant]] = {}
-        for endpoint_id, adapter in rows:
+        for bound_to, adapter in rows:
             if adapter.enabled:
-                wanted.setdefault(endpoint_id, []).append(AdapterWant(adapter.name, adapter.workspace, adapter.fileset))
+                wanted.setdefault(bound_to, []).append(AdapterWant(adapter.name, adapter.workspace, adapter.fileset))
         return [
             EndpointView(
                 id=e.id, name=e.name, model_fileset=models[e.model_id].fileset if e.model_id in models else None,
@@ -240,14 +246,17 @@ class Supervisor:
 
     # ----- reconciling one endpoint ----------------------------------------------------------------
 
-    async def _reconcile_safely(self, runtime: Runtime, view: EndpointView) -> None:
+    async def _reconcile_safely(self, runtime: Runtime, endpoint_id: str) -> None:
         try:
             async with runtime.lock:
-                await self._reconcile(runtime, view)
+                # read under the lock: an attach or detach that held it is already in the database
+                views = await anyio.to_thread.run_sync(self._read_endpoints, endpoint_id)
+                if views:
+                    await self._reconcile(runtime, views[0])
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("reconcile failed", extra={"endpoint": view.name})
+            log.exception("reconcile failed", extra={"endpoint": endpoint_id})
 
     async def _reconcile(self, runtime: Runtime, view: EndpointView) -> None:
         now = time.monotonic()
