@@ -78,6 +78,8 @@ def _reset(url: str) -> None:
         session.execute(sa.text("DELETE FROM endpoints"))
         session.execute(sa.text("DELETE FROM adapters"))
         session.execute(sa.text("DELETE FROM models"))
+        session.execute(sa.text("DELETE FROM fileset_files"))
+        session.execute(sa.text("DELETE FROM filesets"))
         session.execute(sa.text("DELETE FROM workspaces WHERE name NOT IN ('default', 'system')"))
     db.dispose()
 

@@ -26,6 +26,7 @@ from modelyard.db.engine import Database
 from modelyard.endpoints.router import router as endpoints_router
 from modelyard.endpoints.supervisor import Supervisor
 from modelyard.errors import ApiError, ServiceError
+from modelyard.filesets.router import router as filesets_router
 from modelyard.gateway.router import PREFIX as GATEWAY_PREFIX
 from modelyard.gateway.router import router as gateway_router
 from modelyard.models.router import router as models_router
@@ -124,7 +125,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         separate_input_output_schemas=False,
     )
     app.state.settings = settings
-    for router in (workspaces_router, models_router, adapters_router, endpoints_router, gateway_router):
+    for router in (
+        workspaces_router, models_router, adapters_router, filesets_router, endpoints_router, gateway_router
+    ):
         app.include_router(router)
 
     @app.get("/health", tags=["health"])

@@ -46,6 +46,20 @@ class Settings(BaseSettings):
     vllm_python: str | None = None
     """Interpreter with vLLM installed, for endpoints with ``engine: vllm`` (default: see engine/vllm.py)."""
 
+    max_file_size: int = 50 * 1024**3
+    """Largest file one upload may store, in bytes (413 above it)."""
+
+    s3_access_key_id: str | None = None
+    """Credentials for ``s3`` filesets; unset means the usual AWS environment / config chain."""
+
+    s3_secret_access_key: str | None = None
+    s3_endpoint_url: str | None = None
+    """Default endpoint for ``s3`` filesets that name none (MinIO, moto, ...)."""
+
+    s3_region: str | None = None
+    s3_part_size: int = 8 * 1024**2
+    """Multipart upload part size for ``s3`` filesets (S3 needs at least 5 MiB)."""
+
     log_level: str = "INFO"
     log_json: bool = True
 

@@ -194,12 +194,15 @@ def run_list_query(
     return rows, pagination
 
 
-def query_dependency(fields: Mapping[str, FilterField]) -> Callable[..., ListQuery]:
+def query_dependency(
+    fields: Mapping[str, FilterField], *, default_page_size: int = DEFAULT_PAGE_SIZE,
+    max_page_size: int = MAX_PAGE_SIZE,
+) -> Callable[..., ListQuery]:
     """A FastAPI dependency that reads ``page``, ``page_size``, ``sort`` and ``filter[...]``."""
     def dependency(
         request: Request,
         page: Annotated[int, Query(ge=1, description="Page number, from 1")] = 1,
-        page_size: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="Items per page")] = DEFAULT_PAGE_SIZE,
+        page_size: Annotated[int, Query(ge=1, le=max_page_size, description="Items per page")] = default_page_size,
         sort: Annotated[SortParam, Query(description="Sort field; prefix '-' for descending")] = "created_at",
     ) -> ListQuery:
         return parse_list_query(request.query_params, fields, sort=sort, page=page, page_size=page_size)

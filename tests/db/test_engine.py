@@ -15,7 +15,7 @@ def test_migrate_is_idempotent_and_seeds_workspaces(database_url: str) -> None:
         names = set(conn.execute(sa.text("SELECT name FROM workspaces")).scalars())
         version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one()
     assert {"default", "system"} <= names
-    assert version == "0002"
+    assert version == "0003"
     db.dispose()
 
 

@@ -19,6 +19,7 @@ from modelyard.client.errors import (
     InternalServerError,
     ModelyardError,
     NotFoundError,
+    PayloadTooLargeError,
     PermissionDeniedError,
     UnprocessableEntityError,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "Modelyard",
     "ModelyardError",
     "NotFoundError",
+    "PayloadTooLargeError",
     "PermissionDeniedError",
     "SyncPage",
     "UnprocessableEntityError",

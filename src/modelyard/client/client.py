@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from modelyard.endpoints.schemas import (
     EndpointList,
     HardwareList,
 )
+from modelyard.filesets.schemas import FileEntry, FileList, Fileset
 from modelyard.listing import Pagination
 from modelyard.models.schemas import ModelEntity
 from modelyard.workspaces.schemas import Workspace
@@ -97,6 +99,7 @@ class Modelyard:
         self.models = Models(self)
         self.adapters = Adapters(self)
         self.endpoints = Endpoints(self)
+        self.filesets = Filesets(self)
         self.chat = Chat(self)
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -288,3 +291,97 @@ class Chat(_Resource):
     def create(self, *, model: str, messages: list[dict[str, Any]], **params: Any) -> dict[str, Any]:
         body = {"model": model, "messages": messages, **params}
         return self._client.request("POST", "/v1/chat/completions", json=body).json()
+
+
+def _files_path(workspace: str) -> str:
+    return f"/apis/files/v2/workspaces/{workspace}/filesets"
+
+
+class Filesets(_Resource):
+    """Filesets and their files; uploads stream from disk with a sha256 the server checks."""
+
+    def create(self, workspace: str, /, *, name: str, **fields: Any) -> Fileset:
+        body = {"name": name, **fields}
+        return Fileset.model_validate(self._client.request("POST", _files_path(workspace), json=body).json())
+
+    def retrieve(self, workspace: str, name: str) -> Fileset:
+        return Fileset.model_validate(self._client.request("GET", f"{_files_path(workspace)}/{name}").json())
+
+    def list(
+        self, workspace: str = "-", *, page: int | None = None, page_size: int | None = None,
+        sort: str | None = None, filters: Mapping[str, Any] | None = None,
+    ) -> SyncPage[Fileset]:
+        return self._client._page(_files_path(workspace), Fileset, _list_params(page, page_size, sort, filters))
+
+    def update(self, workspace: str, name: str, /, **fields: Any) -> Fileset:
+        return Fileset.model_validate(
+            self._client.request("PATCH", f"{_files_path(workspace)}/{name}", json=fields).json()
+        )
+
+    def delete(self, workspace: str, name: str) -> Fileset:
+        return Fileset.model_validate(self._client.request("DELETE", f"{_files_path(workspace)}/{name}").json())
+
+    def list_files(self, workspace: str, name: str, *, path: str | None = None) -> FileList:
+        params = {"path": path} if path else {}
+        url = f"{_files_path(workspace)}/{name}/files"
+        return FileList.model_validate(self._client.request("GET", url, params=params).json())
+
+    def upload_file(
+        self, workspace: str, name: str, path: str, source: str | os.PathLike[str] | bytes, /, *,
+        sha256: str | None = None, progress: Callable[[int], None] | None = None,
+    ) -> FileEntry:
+        """Upload one file, streamed from disk (or ``bytes``), announcing its sha256 so the server
+        refuses a body that arrives corrupted. ``progress`` is called with each chunk's size."""
+        if isinstance(source, bytes):
+            digest = sha256 or hashlib.sha256(source).hexdigest()
+            content: Any = source
+        else:
+            digest = sha256 or file_sha256(source)
+            content = _chunks(source, progress)
+        headers = {"X-Checksum-Sha256": digest, "Content-Type": "application/octet-stream"}
+        if not isinstance(source, bytes):
+            headers["Content-Length"] = str(os.path.getsize(source))
+        url = f"{_files_path(workspace)}/{name}/-/{path}"
+        return FileEntry.model_validate(self._client.request("PUT", url, content=content, headers=headers).json())
+
+    def download_file(self, workspace: str, name: str, path: str, target: str | os.PathLike[str], /, *,
+                      progress: Callable[[int], None] | None = None) -> None:
+        """Download to ``target``, resuming with ``Range`` from ``target + '.part'`` if an earlier
+        download was interrupted; the file appears under its name only when complete."""
+        target = os.fspath(target)
+        part = target + ".part"
+        have = os.path.getsize(part) if os.path.exists(part) else 0
+        headers = {"Range": f"bytes={have}-"} if have else {}
+        url = self._client.base_url + f"{_files_path(workspace)}/{name}/-/{path}"
+        with self._client._http.stream("GET", url, headers=headers) as response:
+            if response.status_code == 416:  # the part file already holds everything
+                response.read()
+            elif response.status_code >= 400:
+                response.read()
+                raise error_for(response)
+            else:
+                mode = "ab" if response.status_code == 206 else "wb"
+                if progress and have and mode == "ab":
+                    progress(have)
+                with open(part, mode) as out:
+                    for chunk in response.iter_bytes(1 << 20):
+                        out.write(chunk)
+                        if progress:
+                            progress(len(chunk))
+        os.replace(part, target)
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _chunks(path: str | os.PathLike[str], progress: Callable[[int], None] | None) -> Iterator[bytes]:
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            if progress:
+                progress(len(block))
+            yield block

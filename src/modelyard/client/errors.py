@@ -56,6 +56,10 @@ class ConflictError(APIStatusError):
     status_code = 409
 
 
+class PayloadTooLargeError(APIStatusError):
+    status_code = 413
+
+
 class UnprocessableEntityError(APIStatusError):
     status_code = 422
 
@@ -69,6 +73,7 @@ _BY_STATUS: dict[int, type[APIStatusError]] = {
     403: PermissionDeniedError,
     404: NotFoundError,
     409: ConflictError,
+    413: PayloadTooLargeError,
     422: UnprocessableEntityError,
 }
 

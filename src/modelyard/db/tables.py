@@ -5,7 +5,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -130,3 +141,41 @@ class EndpointAdapter(Base):
     workspace: Mapped[str] = mapped_column(String(63), nullable=False)  # the adapter's workspace
     adapter_name: Mapped[str] = mapped_column(String(63), nullable=False)
     created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+
+
+class Fileset(Base):
+    """A named set of files in a workspace; ``storage`` says where they live (never credentials)."""
+
+    __tablename__ = "filesets"
+    __table_args__ = (
+        UniqueConstraint("workspace", "name", name="uq_filesets_workspace_name"),
+        Index("ix_filesets_created_at", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    workspace: Mapped[str] = mapped_column(
+        String(63), ForeignKey("workspaces.name", ondelete="RESTRICT"), nullable=False
+    )
+    name: Mapped[str] = mapped_column(String(63), nullable=False)
+    description: Mapped[str | None] = mapped_column(Text)
+    purpose: Mapped[str] = mapped_column(String(16), nullable=False)
+    storage_type: Mapped[str] = mapped_column(String(16), nullable=False)
+    storage: Mapped[dict[str, Any]] = mapped_column(JsonType, nullable=False)
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JsonType)
+    custom_fields: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+    created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+
+
+class FilesetFile(Base):
+    """One stored file: written after its bytes are safely in storage, so it never lists a partial file."""
+
+    __tablename__ = "fileset_files"
+
+    fileset_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("filesets.id", ondelete="CASCADE"), primary_key=True
+    )
+    path: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)

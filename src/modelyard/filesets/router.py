@@ -1,0 +1,102 @@
+"""``/apis/files/v2/workspaces/{ws}/filesets``: filesets and their files (the reference's files service)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import StreamingResponse
+
+from modelyard.db.session import SessionDep
+from modelyard.filesets import service, store
+from modelyard.filesets.schemas import (
+    CreateFilesetRequest,
+    FileEntry,
+    FileList,
+    Fileset,
+    UpdateFilesetRequest,
+)
+from modelyard.listing import ListQuery, Page, query_dependency
+
+router = APIRouter(prefix="/apis/files/v2/workspaces/{workspace}/filesets", tags=["filesets"])
+ListParams = Annotated[ListQuery, Depends(query_dependency(store.FILTERS, default_page_size=10, max_page_size=100))]
+_out = {"response_model_exclude_none": True}
+
+
+@router.post("", response_model=Fileset, **_out)
+def create_fileset(workspace: str, body: CreateFilesetRequest, session: SessionDep) -> Fileset:
+    """Create a fileset (200, as the reference answers). ``storage`` defaults to local disk."""
+    return service.create(session, workspace, body)
+
+
+@router.get("", response_model=Page[Fileset], **_out)
+def list_filesets(workspace: str, session: SessionDep, query: ListParams) -> Page[Fileset]:
+    return service.list_(session, workspace, query)
+
+
+@router.get("/{name}", response_model=Fileset, **_out)
+def get_fileset(workspace: str, name: str, session: SessionDep) -> Fileset:
+    return service.get(session, workspace, name)
+
+
+@router.patch("/{name}", response_model=Fileset, **_out)
+def update_fileset(workspace: str, name: str, body: UpdateFilesetRequest, session: SessionDep) -> Fileset:
+    return service.update(session, workspace, name, body)
+
+
+@router.delete("/{name}", response_model=Fileset, **_out)
+def delete_fileset(workspace: str, name: str, session: SessionDep, request: Request) -> Fileset:
+    """Delete the fileset and its files (200 with what was deleted); 409 while a model or adapter uses it."""
+    return service.delete(session, request.app.state.settings, workspace, name)
+
+
+@router.get("/{name}/files", response_model=FileList)
+async def list_files(workspace: str, name: str, request: Request,
+                     path: Annotated[str | None, Query(description="only this file or folder")] = None) -> FileList:
+    state = request.app.state
+    return await service.list_files(state.db, state.settings, workspace, name, path)
+
+
+@router.put("/{name}/-/{path:path}", response_model=FileEntry,
+            openapi_extra={"requestBody": {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
+async def upload_file(workspace: str, name: str, path: str, request: Request) -> FileEntry:
+    """Upload one file as the raw request body, streamed. Send ``Content-Digest: sha-256=:<b64>:`` or
+    ``X-Checksum-Sha256`` to have the server refuse a corrupted body (400, nothing stored)."""
+    state = request.app.state
+    return await service.upload(state.db, state.settings, workspace, name, path, request)
+
+
+def _headers(item, size: int) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    return {"Accept-Ranges": "bytes", "ETag": f'"{item.sha256}"', "Content-Length": str(size)}
+
+
+@router.get("/{name}/-/{path:path}", response_class=StreamingResponse,
+            responses={200: {"content": {"application/octet-stream": {}}}, 206: {"description": "a byte range"}})
+async def download_file(workspace: str, name: str, path: str, request: Request) -> Response:
+    """Download a file; ``Range: bytes=a-b`` gives 206 with that part (how interrupted downloads resume)."""
+    state = request.app.state
+    located, item = await service.file_info(state.db, state.settings, workspace, name, path)
+    if request.headers.get("if-none-match") == f'"{item.sha256}"':
+        return Response(status_code=304, headers={"ETag": f'"{item.sha256}"'})
+    span = service.parse_range(request.headers.get("range"), item.size) if item.size else None
+    start, end = span if span else (0, item.size - 1)
+    headers = _headers(item, end - start + 1 if item.size else 0)
+    if span:
+        headers["Content-Range"] = f"bytes {start}-{end}/{item.size}"
+    body = located.store.iter_range(path, start, end) if item.size else iter(())
+    return StreamingResponse(body, status_code=206 if span else 200, headers=headers,
+                             media_type="application/octet-stream")
+
+
+@router.head("/{name}/-/{path:path}")
+async def head_file(workspace: str, name: str, path: str, request: Request) -> Response:
+    state = request.app.state
+    _, item = await service.file_info(state.db, state.settings, workspace, name, path)
+    return Response(status_code=200, headers=_headers(item, item.size), media_type="application/octet-stream")
+
+
+@router.delete("/{name}/-/{path:path}", status_code=204, response_class=Response)
+async def delete_file(workspace: str, name: str, path: str, request: Request) -> Response:
+    state = request.app.state
+    await service.delete_file(state.db, state.settings, workspace, name, path)
+    return Response(status_code=204)

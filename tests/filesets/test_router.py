@@ -1,0 +1,125 @@
+"""The files API through the SDK, on both databases: filesets, uploads that cannot corrupt, ranges."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from modelyard.client import (
+    BadRequestError,
+    ConflictError,
+    Modelyard,
+    NotFoundError,
+    PayloadTooLargeError,
+    UnprocessableEntityError,
+)
+from modelyard.config import Settings
+from modelyard.storage import fileset_dir
+
+FS = "/apis/files/v2/workspaces/default/filesets"
+
+
+def test_fileset_crud_and_lists(client: Modelyard) -> None:
+    created = client.filesets.create("default", name="weights", purpose="model", description="a checkpoint",
+                                     metadata={"k": 1})
+    assert created.storage.type == "local" and created.purpose == "model" and created.metadata == {"k": 1}
+    response = client.request("POST", FS, json={"name": "other"})
+    assert response.status_code == 200  # as the reference answers
+    for i in range(11):
+        client.filesets.create("default", name=f"set-{i:02d}")
+    page = client.filesets.list("default")
+    assert page.pagination.page_size == 10 and page.pagination.total_results == 13
+    assert [f.name for f in client.filesets.list("default", filters={"purpose": "model"})] == ["weights"]
+    assert [f.name for f in client.filesets.list("default", filters={"storage_type": "s3"})] == []
+    assert client.filesets.update("default", "weights", description="new").description == "new"
+    with pytest.raises(ConflictError):
+        client.filesets.create("default", name="weights")
+    with pytest.raises(UnprocessableEntityError):
+        client.filesets.create("default", name="Bad_Name")
+    with pytest.raises(UnprocessableEntityError):
+        client.filesets.create("default", name="x-set", storage={"type": "s3"})  # no bucket
+    deleted = client.filesets.delete("default", "weights")
+    assert deleted.name == "weights"
+    with pytest.raises(NotFoundError):
+        client.filesets.retrieve("default", "weights")
+    with pytest.raises(NotFoundError):
+        client.filesets.list("ghost-ws")
+
+
+def test_upload_download_ranges_and_listing(client: Modelyard, settings: Settings) -> None:
+    client.filesets.create("default", name="files")
+    data = bytes(range(256)) * 1000
+    entry = client.filesets.upload_file("default", "files", "sub/dir/data.bin", data)
+    assert entry.size == len(data) and entry.sha256 == hashlib.sha256(data).hexdigest()
+    assert entry.file_ref == "default/files#sub/dir/data.bin"
+    client.filesets.upload_file("default", "files", "config.json", b"{}")
+    listed = client.filesets.list_files("default", "files")
+    assert [(f.path, f.size) for f in listed.data] == [("config.json", 2), ("sub/dir/data.bin", len(data))]
+    assert [f.path for f in client.filesets.list_files("default", "files", path="sub").data] == ["sub/dir/data.bin"]
+
+    url = f"{FS}/files/-/sub/dir/data.bin"
+    whole = client.request("GET", url)
+    assert whole.content == data and whole.headers["accept-ranges"] == "bytes"
+    assert whole.headers["etag"] == f'"{entry.sha256}"'
+    part = client.request("GET", url, headers={"Range": "bytes=10-19"})
+    assert part.status_code == 206 and part.content == data[10:20]
+    assert part.headers["content-range"] == f"bytes 10-19/{len(data)}"
+    assert client.request("GET", url, headers={"Range": "bytes=-5"}).content == data[-5:]
+    assert client.request("GET", url, headers={"Range": f"bytes={len(data) - 3}-"}).content == data[-3:]
+    with pytest.raises(Exception) as outside:
+        client.request("GET", url, headers={"Range": f"bytes={len(data)}-"})
+    assert outside.value.status_code == 416
+    head = client.request("HEAD", url)
+    assert head.headers["content-length"] == str(len(data)) and head.content == b""
+    assert (fileset_dir(settings.home, "default/files") / "sub/dir/data.bin").read_bytes() == data
+
+    replaced = client.filesets.upload_file("default", "files", "config.json", b'{"a": 1}')
+    assert client.request("GET", f"{FS}/files/-/config.json").content == b'{"a": 1}' and replaced.size == 8
+    client.request("DELETE", f"{FS}/files/-/config.json")
+    with pytest.raises(NotFoundError):
+        client.request("GET", f"{FS}/files/-/config.json")
+    assert [f.path for f in client.filesets.list_files("default", "files").data] == ["sub/dir/data.bin"]
+    client.filesets.delete("default", "files")
+    assert not fileset_dir(settings.home, "default/files").exists()
+
+
+@pytest.mark.parametrize("path", ["a/%2E%2E/b", "a//b", "%2E/a", "a\\b", "a/%00b", "a/", "%2Fetc/passwd"])
+def test_bad_paths_are_400(client: Modelyard, path: str) -> None:
+    client.filesets.create("default", name="files")
+    with pytest.raises(BadRequestError, match="File path"):
+        client.request("PUT", f"{FS}/files/-/{path}", content=b"x")
+
+
+def test_a_wrong_digest_stores_nothing_and_keeps_the_previous_version(client: Modelyard, settings: Settings) -> None:
+    client.filesets.create("default", name="files")
+    client.filesets.upload_file("default", "files", "a.txt", b"version one")
+    with pytest.raises(BadRequestError, match="sha256 mismatch"):
+        client.filesets.upload_file("default", "files", "a.txt", b"version two", sha256="0" * 64)
+    with pytest.raises(BadRequestError, match="sha256 mismatch"):
+        client.request("PUT", f"{FS}/files/-/b.txt", content=b"abc",
+                       headers={"Content-Digest": "sha-256=:" + "A" * 43 + "=:"})
+    with pytest.raises(BadRequestError, match="Content-Digest"):
+        client.request("PUT", f"{FS}/files/-/b.txt", content=b"abc", headers={"Content-Digest": "md5=:x:"})
+    assert client.request("GET", f"{FS}/files/-/a.txt").content == b"version one"
+    assert [f.path for f in client.filesets.list_files("default", "files").data] == ["a.txt"]
+    folder = fileset_dir(settings.home, "default/files")
+    assert sorted(p.name for p in folder.iterdir()) == ["a.txt"]  # no temporary files left behind
+
+
+def test_files_over_the_limit_are_413(client: Modelyard, settings: Settings) -> None:
+    settings.max_file_size = 1000
+    client.filesets.create("default", name="files")
+    with pytest.raises(PayloadTooLargeError, match="limit"):
+        client.filesets.upload_file("default", "files", "big.bin", b"x" * 1001)
+    assert client.filesets.list_files("default", "files").data == []
+
+
+def test_a_fileset_in_use_cannot_be_deleted(client: Modelyard) -> None:
+    client.filesets.create("default", name="ckpt")
+    client.filesets.upload_file("default", "ckpt", "config.json", b"{}")
+    client.models.create("default", name="m1", fileset="default/ckpt")
+    with pytest.raises(ConflictError, match="used by model 'default/m1'"):
+        client.filesets.delete("default", "ckpt")
+    client.models.delete("default", "m1")
+    client.filesets.delete("default", "ckpt")
