@@ -17,7 +17,6 @@ import statistics
 import time
 
 import httpx
-
 from serving_stack import serving_stack
 
 

@@ -8,7 +8,6 @@ one-replica endpoint and waits until it is STARTED.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -22,9 +21,9 @@ from pathlib import Path
 import httpx
 
 from modelyard.client import Modelyard
+from modelyard.client.client import upload_dir
 from modelyard.endpoints.schemas import Endpoint
 from modelyard.engine.fixtures import build_fixture_set
-from modelyard.storage import fileset_dir
 
 TRAINED = ("pirate", "chef", "space")
 
@@ -64,10 +63,7 @@ def serving_stack(adapters: int = 3, max_loras: int = 4) -> Iterator[Stack]:
     with tempfile.TemporaryDirectory(prefix="modelyard-bench-") as tmp:
         home = Path(tmp) / "home"
         built = build_fixture_set(Path(tmp) / "fixtures", adapters=TRAINED)
-        shutil.copytree(built["base"], fileset_dir(home, "default/tiny-files"))
         names = [f"adapter-{i:02d}" for i in range(adapters)]
-        for i, name in enumerate(names):  # copies of the three trained adapters under distinct names
-            shutil.copytree(built[TRAINED[i % len(TRAINED)]], fileset_dir(home, f"default/{name}-files"))
         port = _free_port()
         env = {**os.environ, "MODELYARD_HOME": str(home), "MODELYARD_LOG_LEVEL": "WARNING",
                "MODELYARD_SUPERVISOR_INTERVAL": "0.5"}
@@ -87,6 +83,9 @@ def serving_stack(adapters: int = 3, max_loras: int = 4) -> Iterator[Stack]:
                     raise SystemExit("the bench server did not start")
                 time.sleep(0.2)
             client = Modelyard(url, timeout=120)
+            upload_dir(client, built["base"], "default", "tiny-files")
+            for i, name in enumerate(names):  # the three trained adapters, uploaded under distinct names
+                upload_dir(client, built[TRAINED[i % len(TRAINED)]], "default", f"{name}-files")
             client.models.create("default", name="tiny", fileset="default/tiny-files")
             for name in names:
                 client.adapters.create("default", model="tiny", name=name, fileset=f"{name}-files",

@@ -131,3 +131,18 @@ def fixture_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from modelyard.engine.fixtures import build_fixture_set
 
     return build_fixture_set(tmp_path_factory.mktemp("fixtures"))
+
+
+def make_fileset(client: Modelyard, reference: str, files: dict[str, bytes] | None = None) -> None:
+    """Create fileset ``ws/name`` (and its workspace) holding ``files`` (a placeholder by default):
+    models and adapters may only point at filesets that exist."""
+    from modelyard.client import ConflictError
+
+    workspace, _, name = reference.partition("/")
+    for create in (lambda: client.workspaces.create(workspace), lambda: client.filesets.create(workspace, name=name)):
+        try:
+            create()
+        except ConflictError:
+            pass
+    for path, data in (files or {"README.md": b"placeholder"}).items():
+        client.filesets.upload_file(workspace, name, path, data)

@@ -7,6 +7,9 @@ import asyncio
 import httpx
 import pytest
 
+from modelyard.client import Modelyard
+from tests.conftest import make_fileset
+
 N = 20
 
 
@@ -30,6 +33,8 @@ def test_concurrent_creates_of_one_name(live_server: str, path: str, body: dict)
 
 def test_concurrent_adapter_creates(live_server: str) -> None:
     httpx.post(f"{live_server}/apis/models/v2/workspaces/default/models", json={"name": "race-base"}).raise_for_status()
+    with Modelyard(live_server) as client:
+        make_fileset(client, "default/fs1")
     body = {"name": "contested", "model": "race-base", "fileset": "fs1", "finetuning_type": "lora"}
     statuses = asyncio.run(_race(live_server, "/apis/models/v2/workspaces/default/adapters", body))
     assert statuses == [201] + [409] * (N - 1)

@@ -202,7 +202,8 @@ def query_dependency(
     def dependency(
         request: Request,
         page: Annotated[int, Query(ge=1, description="Page number, from 1")] = 1,
-        page_size: Annotated[int, Query(ge=1, le=max_page_size, description="Items per page")] = default_page_size,
+        # a plain default, not Annotated: the bounds are this closure's, which a string annotation cannot see
+        page_size: int = Query(default_page_size, ge=1, le=max_page_size, description="Items per page"),
         sort: Annotated[SortParam, Query(description="Sort field; prefix '-' for descending")] = "created_at",
     ) -> ListQuery:
         return parse_list_query(request.query_params, fields, sort=sort, page=page, page_size=page_size)

@@ -5,12 +5,15 @@ from __future__ import annotations
 import pytest
 
 from modelyard.client import ConflictError, Modelyard, NotFoundError, UnprocessableEntityError
+from tests.conftest import make_fileset
 from tests.seeds import example
 
 
 @pytest.fixture
 def base(client: Modelyard) -> Modelyard:
     client.models.create("default", name="base-model")
+    for fileset in ("default/fs1", "default/fs2", "default/full-fs", "other/fs2"):
+        make_fileset(client, fileset)
     return client
 
 
@@ -19,6 +22,7 @@ def test_seed_000_nested_create(client: Modelyard) -> None:
     workspace, model_name = shown["model"].split("/")
     client.workspaces.create(workspace)
     client.models.create(workspace, name=model_name)
+    make_fileset(client, request["fileset"] if "/" in request["fileset"] else f"{workspace}/{request['fileset']}")
     response = client.request(
         "POST", f"/apis/models/v2/workspaces/{workspace}/models/{model_name}/adapters", json=request
     )
@@ -34,6 +38,7 @@ def test_seed_001_create_with_model_in_body(client: Modelyard) -> None:
     workspace, model_name = shown["model"].split("/")
     client.workspaces.create(workspace)
     client.models.create(workspace, name=model_name)
+    make_fileset(client, request["fileset"] if "/" in request["fileset"] else f"{workspace}/{request['fileset']}")
     got = client.adapters.create(workspace, model=model_name, **request)
     assert got.model == shown["model"] and got.workspace == workspace and got.enabled is True
 
@@ -48,7 +53,7 @@ def test_optional_fields_round_trip(base: Modelyard) -> None:
 
 
 def test_base_model_in_another_workspace(base: Modelyard) -> None:
-    base.workspaces.create("tuners")
+    make_fileset(base, "tuners/fs1")
     got = base.adapters.create("tuners", model="default/base-model", name="cross", fileset="fs1", finetuning_type="lora")
     assert got.workspace == "tuners" and got.model == "default/base-model" and got.fileset == "tuners/fs1"
     assert [a.name for a in base.models.retrieve("default", "base-model").adapters] == ["cross"]
@@ -88,7 +93,7 @@ def test_names_unique_per_workspace_across_base_models(base: Modelyard) -> None:
     with pytest.raises(ConflictError) as err:
         base.adapters.create_for_model("default", "other-base", name="shared", fileset="fs1", finetuning_type="lora")
     assert err.value.detail == "Adapter with workspace 'default' and name 'shared' already exists"
-    base.workspaces.create("elsewhere")
+    make_fileset(base, "elsewhere/fs1")
     assert base.adapters.create("elsewhere", model="default/base-model", name="shared", fileset="fs1",
                                 finetuning_type="lora").workspace == "elsewhere"
 
@@ -158,7 +163,7 @@ def test_delete_and_get_missing(base: Modelyard) -> None:
 
 def test_list_filters(base: Modelyard) -> None:
     base.models.create("default", name="other-base")
-    base.workspaces.create("team-c")
+    make_fileset(base, "team-c/fs3")
     base.adapters.create("default", model="base-model", name="a-lora", fileset="fs1", finetuning_type="lora",
                          description="legal")
     base.adapters.create("default", model="other-base", name="a-dora", fileset="fs2", finetuning_type="dora",

@@ -7,6 +7,8 @@ import json
 from typer.testing import CliRunner
 
 from modelyard.cli.main import app
+from modelyard.client import Modelyard
+from tests.conftest import make_fileset
 
 runner = CliRunner()
 
@@ -20,6 +22,8 @@ def test_help_lists_commands() -> None:
 
 def test_models_and_adapters_round_trip(live_server: str) -> None:
     url = ["--url", live_server]
+    with Modelyard(live_server) as client:
+        make_fileset(client, "default/fs1")
     assert runner.invoke(app, ["models", "create", "cli-base", *url]).exit_code == 0
     result = runner.invoke(app, ["adapters", "create", "cli-ad", "--model", "cli-base", "--fileset", "fs1", *url])
     assert result.exit_code == 0, result.output

@@ -15,9 +15,8 @@ import openai
 from together import Together
 
 from modelyard.client import Modelyard
-from modelyard.config import Settings
 from tests.conftest import free_port
-from tests.endpoints.conftest import fill_filesets, register
+from tests.endpoints.conftest import register
 from tests.endpoints.test_serving import PROMPT, wait_for
 
 
@@ -48,12 +47,11 @@ def _engine_pids(home: Path) -> set[int]:
 
 def test_kill_the_server_and_start_it_again(tmp_path: Path, fixture_models: dict[str, Path]) -> None:
     home, port, log = tmp_path / "home", free_port(), tmp_path / "server.log"
-    fill_filesets(Settings(home=home), fixture_models)
     url = f"http://127.0.0.1:{port}"
     server = _serve(home, port, log)
     try:
         with Modelyard(url) as ours:
-            register(ours)
+            register(ours, fixture_models)
         tg = Together(api_key="test", base_url=url + "/v1", max_retries=0)
         oa = openai.OpenAI(api_key="test", base_url=url + "/v1", max_retries=0)
         endpoint = tg.endpoints.create(model="tiny", hardware="cpu", autoscaling={"min_replicas": 1, "max_replicas": 1})

@@ -8,7 +8,6 @@ databases in test_router.py).
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import threading
 import time
@@ -146,9 +145,9 @@ def test_failed_loads_leave_nothing_attached(registry: tuple[Modelyard, Together
     assert too_wide.value.status_code == 400
     assert "rank 8, above this engine's max_lora_rank 4" in too_wide.value.body["error"]["message"]
 
-    broken = fileset_dir(settings.home, "default/broken-files")
-    shutil.copytree(fileset_dir(settings.home, "default/chef-files"), broken)
-    (broken / "adapter_config.json").unlink()
+    ours.filesets.create("default", name="broken-files")  # an adapter without its adapter_config.json
+    ours.filesets.upload_file("default", "broken-files", "adapter_model.safetensors",
+                              fileset_dir(settings.home, "default/chef-files") / "adapter_model.safetensors")
     ours.adapters.create("default", model="tiny", name="broken", fileset="broken-files", finetuning_type="lora")
     with pytest.raises(Exception) as no_config:
         tg.endpoints.adapters.add(endpoint.id, model_id=f"{endpoint.name}:broken")
@@ -239,9 +238,11 @@ def test_a_model_that_cannot_start_goes_to_error(app: FastAPI, registry: tuple[M
                                                  settings: Settings) -> None:
     ours, tg = registry
     settings.engine_max_failures = 2
-    broken = fileset_dir(settings.home, "default/broken-base")
-    shutil.copytree(fileset_dir(settings.home, "default/tiny-files"), broken)
-    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    source = fileset_dir(settings.home, "default/tiny-files")
+    ours.filesets.create("default", name="broken-base")
+    for file in source.iterdir():
+        data = b"not a safetensors file" if file.name == "model.safetensors" else file.read_bytes()
+        ours.filesets.upload_file("default", "broken-base", file.name, data)
     ours.models.create("default", name="broken-base", fileset="default/broken-base")
     endpoint = tg.endpoints.create(model="broken-base", hardware="cpu",
                                    autoscaling={"min_replicas": 1, "max_replicas": 1})

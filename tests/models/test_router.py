@@ -15,6 +15,7 @@ from modelyard.client import (
     PermissionDeniedError,
     UnprocessableEntityError,
 )
+from tests.conftest import make_fileset
 from tests.seeds import example
 
 SPEC = {
@@ -55,6 +56,7 @@ def test_seed_example_full_body_round_trips(client: Modelyard) -> None:
         if k not in ("id", "workspace", "created_at", "updated_at", "adapters")
     }
     writable["fileset"] = "research-team/llama-3.1-8b-checkpoints"
+    make_fileset(client, writable["fileset"])
     model = client.models.create(shown["workspace"], **writable)
     got = client.request(
         "GET", f"/apis/models/v2/workspaces/{shown['workspace']}/models/{shown['name']}", params={"verbose": "true"}
@@ -217,6 +219,8 @@ def test_real_key_survives_masked_echo(client: Modelyard, app) -> None:
 
 
 def test_trust_remote_code_needs_a_trusted_fileset_workspace(client: Modelyard) -> None:
+    make_fileset(client, "default/ckpt")
+    make_fileset(client, "trusted/ckpt")
     with pytest.raises(PermissionDeniedError) as err:
         client.models.create("default", name="rc", fileset="default/ckpt", trust_remote_code=True)
     assert "MODELYARD_TRUSTED_FILESET_WORKSPACES" in err.value.detail and "'default'" in err.value.detail
@@ -230,11 +234,13 @@ def test_trust_remote_code_needs_a_trusted_fileset_workspace(client: Modelyard) 
 
 
 def test_fileset_name_is_qualified_with_path_workspace(client: Modelyard) -> None:
+    make_fileset(client, "default/ckpt")
     assert client.models.create("default", name="fq", fileset="ckpt").fileset == "default/ckpt"
 
 
 def test_delete_is_204_and_removes_adapters(client: Modelyard) -> None:
     client.models.create("default", name="gone")
+    make_fileset(client, "default/fs1")
     client.adapters.create_for_model("default", "gone", name="gone-a", fileset="fs1", finetuning_type="lora")
     response = client.request("DELETE", "/apis/models/v2/workspaces/default/models/gone")
     assert response.status_code == 204 and response.content == b""
@@ -246,6 +252,8 @@ def test_delete_is_204_and_removes_adapters(client: Modelyard) -> None:
 
 def test_model_lists_its_adapters(client: Modelyard) -> None:
     client.models.create("default", name="base")
+    make_fileset(client, "default/fs1")
+    make_fileset(client, "default/fs2")
     client.adapters.create_for_model("default", "base", name="a-one", fileset="fs1", finetuning_type="lora")
     client.adapters.create("default", model="base", name="a-two", fileset="fs2", finetuning_type="dora")
     model = client.models.retrieve("default", "base")
@@ -260,6 +268,8 @@ def test_model_lists_its_adapters(client: Modelyard) -> None:
 @pytest.fixture
 def catalog(client: Modelyard) -> Modelyard:
     client.workspaces.create("team-b")
+    for fileset in ("default/llama-small-ckpt", "default/qwen", "default/fs1"):
+        make_fileset(client, fileset)
     client.models.create("default", name="llama-small", project="nlp", finetuning_type="lora_merged",
                          fileset="default/llama-small-ckpt", base_model="llama-base", description="Small llama")
     client.models.create("default", name="llama-large", project="nlp", finetuning_type="all_weights",

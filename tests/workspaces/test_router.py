@@ -1,6 +1,7 @@
 import pytest
 
 from modelyard.client import ConflictError, Modelyard, NotFoundError, UnprocessableEntityError
+from tests.conftest import make_fileset
 
 
 def test_new_database_has_default_and_system(client: Modelyard) -> None:
@@ -51,7 +52,7 @@ def test_delete_workspace_holding_models_is_409(client: Modelyard) -> None:
 
 def test_delete_workspace_holding_adapters_is_409(client: Modelyard) -> None:
     client.workspaces.create("base-ws")
-    client.workspaces.create("adapter-ws")
+    make_fileset(client, "adapter-ws/files")
     client.models.create("base-ws", name="base")
     client.adapters.create("adapter-ws", model="base-ws/base", name="ad", fileset="adapter-ws/files", finetuning_type="lora")
     with pytest.raises(ConflictError):

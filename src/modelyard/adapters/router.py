@@ -37,18 +37,18 @@ RoutingChange = Annotated[None, Depends(_routing_changed, scope="function")]
 
 @router.post("/models/{model_name}/adapters", status_code=201, response_model=Adapter, **_out)
 def create_model_adapter(
-    workspace: str, model_name: str, body: CreateModelAdapterRequest, session: SessionDep
+    workspace: str, model_name: str, body: CreateModelAdapterRequest, session: SessionDep, request: Request
 ) -> Adapter:
     """Adds an adapter to the model named in the path."""
-    return service.create_nested(session, workspace, model_name, body)
+    return service.create_nested(session, request.app.state.settings, workspace, model_name, body)
 
 
 @router.patch("/models/{model_name}/adapters/{adapter}", response_model=Adapter, **_out)
 def update_model_adapter(
     workspace: str, model_name: str, adapter: str, body: UpdateAdapterRequest, _: RoutingChange,
-    session: SessionDep,
+    session: SessionDep, request: Request,
 ) -> Adapter:
-    return service.update(session, workspace, adapter, body, model_name=model_name)
+    return service.update(session, request.app.state.settings, workspace, adapter, body, model_name=model_name)
 
 
 @router.delete("/models/{model_name}/adapters/{adapter}", status_code=204, response_class=Response)
@@ -58,9 +58,9 @@ def delete_model_adapter(workspace: str, model_name: str, adapter: str, session:
 
 
 @router.post("/adapters", status_code=201, response_model=Adapter, **_out)
-def create_adapter(workspace: str, body: CreateAdapterRequest, session: SessionDep) -> Adapter:
+def create_adapter(workspace: str, body: CreateAdapterRequest, session: SessionDep, request: Request) -> Adapter:
     """Create an adapter under the base model named by ``model`` in the body."""
-    return service.create(session, workspace, body)
+    return service.create(session, request.app.state.settings, workspace, body)
 
 
 @router.get("/adapters", response_model=Page[Adapter], **_out)
@@ -75,11 +75,11 @@ def get_adapter(workspace: str, name: str, session: SessionDep) -> Adapter:
 
 @router.patch("/adapters/{name}", response_model=Adapter, **_out)
 def update_adapter(
-    workspace: str, name: str, body: UpdateAdapterRequest, _: RoutingChange, session: SessionDep
+    workspace: str, name: str, body: UpdateAdapterRequest, _: RoutingChange, session: SessionDep, request: Request
 ) -> Adapter:
     """Change description, enabled, fileset or lora_config; any other field is 422. Disabling an
     adapter attached to an endpoint unloads it there; enabling it loads it again."""
-    return service.update(session, workspace, name, body)
+    return service.update(session, request.app.state.settings, workspace, name, body)
 
 
 @router.delete("/adapters/{name}", status_code=204, response_class=Response)

@@ -14,12 +14,15 @@ from modelyard.adapters.schemas import (
     CreateModelAdapterRequest,
     UpdateAdapterRequest,
 )
+from modelyard.config import Settings
 from modelyard.db import tables
 from modelyard.db.engine import new_id, utcnow
 from modelyard.endpoints import store as endpoint_store
-from modelyard.errors import Conflict, NotFound
+from modelyard.errors import Conflict, NotFound, Unprocessable
+from modelyard.filesets import service as fileset_service
 from modelyard.listing import ListQuery, Page
 from modelyard.models import store as model_store
+from modelyard.spec import SpecError, incompatibilities, inspect_adapter
 from modelyard.workspaces import store as workspace_store
 
 
@@ -43,8 +46,52 @@ def to_wire(row: tables.Adapter) -> Adapter:
     )
 
 
-def _insert(session: Session, workspace: str, base: tables.Model, request: CreateModelAdapterRequest) -> Adapter:
+def check_files(
+    session: Session, settings: Settings, reference: str, base: tables.Model, finetuning_type: str,
+    lora_config: dict[str, Any] | None,
+) -> dict[str, Any] | None:
+    """The fileset must exist and hold files. When it holds a PEFT adapter, its facts fill
+    ``lora_config`` if the request left it out, must agree with what the request says, and every
+    lora_A/lora_B tensor must fit its base layer (422 otherwise). Returns the lora_config to store."""
+    row = fileset_service.require_fileset(session, reference, non_empty=True)
+    try:
+        facts = inspect_adapter(fileset_service.files_of(session, settings, row))
+    except SpecError as exc:
+        raise Unprocessable(f"adapter files in fileset '{reference}' cannot be read: {exc}") from None
+    if facts is None:
+        return lora_config
+    peft_like = finetuning_type in ("lora", "dora", "qlora")
+    if peft_like and facts.peft_type != "LORA":
+        raise Unprocessable(f"finetuning_type '{finetuning_type}' contradicts the adapter files: "
+                            f"adapter_config.json has peft_type '{facts.peft_type}'")
+    if finetuning_type == "dora" and not facts.use_dora:
+        raise Unprocessable("finetuning_type 'dora' contradicts the adapter files: adapter_config.json has no "
+                            "use_dora: true")
+    if finetuning_type in ("lora", "qlora") and facts.use_dora:
+        raise Unprocessable(f"finetuning_type '{finetuning_type}' contradicts the adapter files: "
+                            "adapter_config.json has use_dora: true (use 'dora')")
+    if lora_config is None:
+        if facts.rank >= 1:
+            lora_config = {"rank": facts.rank, **({"alpha": facts.alpha} if facts.alpha else {})}
+    elif facts.rank >= 1 and lora_config.get("rank") != facts.rank:
+        raise Unprocessable(f"lora_config.rank is {lora_config.get('rank')} but the adapter files have "
+                            f"r={facts.rank}; leave lora_config out to take it from the files")
+    layers = (base.spec or {}).get("linear_layers")
+    if layers:
+        problems = incompatibilities(facts, layers)
+        if problems:
+            raise Unprocessable(f"adapter is not compatible with base model '{base.workspace}/{base.name}': "
+                                + "; ".join(problems[:5]) + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""))
+    return lora_config
+
+
+def _insert(
+    session: Session, settings: Settings, workspace: str, base: tables.Model, request: CreateModelAdapterRequest
+) -> Adapter:
     now = utcnow()
+    fileset = qualify(request.fileset, workspace)
+    lora_config = request.lora_config.model_dump(exclude_none=True) if request.lora_config else None
+    lora_config = check_files(session, settings, fileset, base, request.finetuning_type.value, lora_config)
     row = tables.Adapter(
         id=new_id("adapter"),
         workspace=workspace,
@@ -52,10 +99,10 @@ def _insert(session: Session, workspace: str, base: tables.Model, request: Creat
         model_id=base.id,
         model=f"{base.workspace}/{base.name}",
         description=request.description,
-        fileset=qualify(request.fileset, workspace),
+        fileset=fileset,
         finetuning_type=request.finetuning_type.value,
         enabled=request.enabled,
-        lora_config=request.lora_config.model_dump(exclude_none=True) if request.lora_config else None,
+        lora_config=lora_config,
         created_at=now,
         updated_at=now,
     )
@@ -63,22 +110,22 @@ def _insert(session: Session, workspace: str, base: tables.Model, request: Creat
 
 
 def create_nested(
-    session: Session, workspace: str, model_name: str, request: CreateModelAdapterRequest
+    session: Session, settings: Settings, workspace: str, model_name: str, request: CreateModelAdapterRequest
 ) -> Adapter:
     """``POST …/models/{model_name}/adapters``: the base model comes from the path."""
     workspace_store.require(session, workspace)
     base = model_store.get(session, workspace, model_name)
-    return _insert(session, workspace, base, request)
+    return _insert(session, settings, workspace, base, request)
 
 
-def create(session: Session, workspace: str, request: CreateAdapterRequest) -> Adapter:
+def create(session: Session, settings: Settings, workspace: str, request: CreateAdapterRequest) -> Adapter:
     """``POST …/adapters``: the base model is ``model`` in the body, possibly in another workspace."""
     workspace_store.require(session, workspace)
     base_ws, _, base_name = qualify(request.model, workspace).partition("/")
     base = model_store.find(session, base_ws, base_name)
     if base is None:
         raise NotFound(f"Base model for adapter (model='{request.model}') not found")
-    return _insert(session, workspace, base, request)
+    return _insert(session, settings, workspace, base, request)
 
 
 def _in_scope(session: Session, workspace: str, name: str, model_name: str | None) -> tables.Adapter:
@@ -105,7 +152,8 @@ def list_(session: Session, workspace: str, query: ListQuery) -> Page[Adapter]:
 
 
 def update(
-    session: Session, workspace: str, name: str, request: UpdateAdapterRequest, model_name: str | None = None
+    session: Session, settings: Settings, workspace: str, name: str, request: UpdateAdapterRequest,
+    model_name: str | None = None,
 ) -> Adapter:
     row = _in_scope(session, workspace, name, model_name)
     changes: dict[str, Any] = request.model_dump(exclude_unset=True, mode="json")
@@ -113,6 +161,12 @@ def update(
         changes["fileset"] = qualify(changes["fileset"], workspace)
     if "lora_config" in changes and changes["lora_config"] is not None:
         changes["lora_config"] = {k: v for k, v in changes["lora_config"].items() if v is not None}
+    if changes.get("fileset") is not None:
+        base = session.get(tables.Model, row.model_id)
+        given = changes.get("lora_config") if "lora_config" in changes else None
+        checked = check_files(session, settings, changes["fileset"], base, row.finetuning_type, given)
+        if checked is not None:
+            changes["lora_config"] = checked
     for field, value in changes.items():
         setattr(row, field, value)
     row.updated_at = utcnow()

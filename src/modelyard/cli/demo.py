@@ -9,18 +9,18 @@ and leaves the server running. Everything after the server starts goes through t
 from __future__ import annotations
 
 import logging
-import shutil
 import signal
 import threading
 import time
 import warnings
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from modelyard.client import ConflictError, Modelyard, NotFoundError
+from modelyard.client.client import upload_dir
 from modelyard.config import Settings
-from modelyard.storage import fileset_dir
 
 ADAPTERS = ("pirate", "chef", "space")
 MODEL = "demo-tiny"
@@ -53,17 +53,13 @@ def _start_server(settings: Settings, host: str, port: int, console: Console) ->
     return server, done
 
 
-def _place_files(settings: Settings, console: Console) -> None:
-    """Build the fixtures once and put them where local filesets live."""
+def _build_files(settings: Settings, console: Console) -> dict[str, Path]:
+    """Build the fixtures once (reused on later runs)."""
     from modelyard.engine.fixtures import build_fixture_set
 
     quiet_transformers()
     with console.status("Building the tiny model and three adapters (trained here, about 10 s the first time)"):
-        built = build_fixture_set(settings.home / "demo" / "fixtures", adapters=ADAPTERS)
-    for name, source in (("demo-tiny-files", built["base"]), *((f"demo-{a}-files", built[a]) for a in ADAPTERS)):
-        target = fileset_dir(settings.home, f"default/{name}")
-        if not target.exists():
-            shutil.copytree(source, target)
+        return build_fixture_set(settings.home / "demo" / "fixtures", adapters=ADAPTERS)
 
 
 def quiet_transformers() -> None:
@@ -76,7 +72,13 @@ def quiet_transformers() -> None:
     logging.getLogger("transformers").setLevel(logging.ERROR)
 
 
-def _register(client: Modelyard) -> None:
+def _register(client: Modelyard, built: dict[str, Path], console: Console) -> None:
+    """Upload the checkpoint and adapters as filesets (unchanged files are skipped), then register them."""
+    uploads = [(f"{MODEL}-files", built["base"]), *((f"demo-{a}-files", built[a]) for a in ADAPTERS)]
+    for fileset, folder in uploads:
+        report = upload_dir(client, folder, "default", fileset)
+        console.print(f"Fileset default/{fileset}: {len(report.transferred)} files uploaded, "
+                      f"{len(report.skipped)} already there")
     try:
         client.models.create("default", name=MODEL, fileset=f"default/{MODEL}-files",
                              description="Tiny llama built by `modelyard demo`")
@@ -102,12 +104,12 @@ def run_demo(host: str, port: int, console: Console) -> None:
     settings = Settings()
     url = f"http://{host}:{port}"
     console.print(f"[bold]Modelyard demo[/bold]  (data in {settings.home})")
-    _place_files(settings, console)
+    built = _build_files(settings, console)
     signal.signal(signal.SIGTERM, _raise_stop)  # from here on SIGTERM behaves like Ctrl-C
     server, done = _start_server(settings, host, port, console)
     try:
         console.print(f"Server up on {url}")
-        _walk_through(url, console)
+        _walk_through(url, built, console)
         while not done.wait(0.5):
             pass
     except (KeyboardInterrupt, _Stop):
@@ -118,9 +120,9 @@ def run_demo(host: str, port: int, console: Console) -> None:
         done.wait(60)
 
 
-def _walk_through(url: str, console: Console) -> None:
+def _walk_through(url: str, built: dict[str, Path], console: Console) -> None:
     client = Modelyard(url, timeout=120)
-    _register(client)
+    _register(client, built, console)
     console.print(f"Registered model default/{MODEL} and adapters {', '.join('demo-' + a for a in ADAPTERS)}")
 
     endpoint = next((e for e in client.endpoints.list(mine=True).data if e.model == f"default/{MODEL}"), None)

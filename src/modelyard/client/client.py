@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Generic, Self, TypeVar
 
 import httpx
@@ -369,6 +371,92 @@ class Filesets(_Resource):
                         if progress:
                             progress(len(chunk))
         os.replace(part, target)
+
+
+@dataclass
+class SyncReport:
+    """What an upload or download of a directory did."""
+
+    transferred: list[str]
+    skipped: list[str]
+    bytes: int
+
+
+def local_files(folder: str | os.PathLike[str]) -> list[tuple[str, Path]]:
+    """``(relative POSIX path, absolute path)`` of every file under ``folder``, hidden ones included."""
+    root = Path(folder)
+    return sorted((p.relative_to(root).as_posix(), p) for p in root.rglob("*") if p.is_file())
+
+
+def upload_dir(
+    client: Modelyard, folder: str | os.PathLike[str], workspace: str, name: str, *,
+    retries: int = 3, on_start: Callable[[int], None] | None = None, progress: Callable[[int], None] | None = None,
+) -> SyncReport:
+    """Upload every file of ``folder`` to fileset ``workspace/name`` (created if needed). Files whose
+    sha256 already matches the server's are skipped; a failed file is retried ``retries`` times.
+    ``on_start`` gets the total bytes to send, ``progress`` each chunk's size."""
+    from modelyard.client.errors import ConflictError
+
+    try:
+        client.filesets.create(workspace, name=name)
+    except ConflictError:
+        pass
+    remote = {f.path: f.sha256 for f in client.filesets.list_files(workspace, name).data}
+    plan, skipped = [], []
+    for rel, path in local_files(folder):
+        digest = file_sha256(path)
+        (skipped if remote.get(rel) == digest else plan).append((rel, path, digest))
+    skipped = [rel for rel, _, _ in skipped]
+    total = sum(path.stat().st_size for _, path, _ in plan)
+    if on_start:
+        on_start(total)
+    for rel, path, digest in plan:
+        for attempt in range(retries + 1):
+            sent = 0
+
+            def count(n: int) -> None:
+                nonlocal sent
+                sent += n
+                if progress:
+                    progress(n)
+
+            try:
+                client.filesets.upload_file(workspace, name, rel, path, sha256=digest, progress=count)
+                break
+            except (APIConnectionError, httpx.TransportError):
+                if progress and sent:
+                    progress(-sent)  # this file starts again
+                if attempt == retries:
+                    raise
+                time.sleep(min(2**attempt, 10))
+    return SyncReport(transferred=[rel for rel, _, _ in plan], skipped=skipped, bytes=total)
+
+
+def download_dir(
+    client: Modelyard, workspace: str, name: str, folder: str | os.PathLike[str], *,
+    on_start: Callable[[int], None] | None = None, progress: Callable[[int], None] | None = None,
+) -> SyncReport:
+    """Download every file of fileset ``workspace/name`` into ``folder``, skipping files already there
+    with the right sha256 and resuming partial ones (``.part``) with ``Range``."""
+    root = Path(folder)
+    files = client.filesets.list_files(workspace, name).data
+    plan, skipped = [], []
+    for item in files:
+        target = root / item.path
+        if target.is_file() and target.stat().st_size == item.size and file_sha256(target) == item.sha256:
+            skipped.append(item.path)
+        else:
+            plan.append(item)
+    if on_start:
+        on_start(sum(i.size for i in plan))
+    for item in plan:
+        target = root / item.path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        client.filesets.download_file(workspace, name, item.path, target, progress=progress)
+        if file_sha256(target) != item.sha256:
+            target.unlink()
+            raise APIConnectionError(f"{item.path}: downloaded bytes do not match the server's sha256; try again")
+    return SyncReport(transferred=[i.path for i in plan], skipped=skipped, bytes=sum(i.size for i in plan))
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

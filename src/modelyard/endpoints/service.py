@@ -40,8 +40,9 @@ from modelyard.endpoints.supervisor import AdapterWant, Supervisor
 from modelyard.engine.adapter_files import read_adapter_config
 from modelyard.engine.client import AdapterError, EngineError
 from modelyard.errors import ApiError
+from modelyard.filesets import store as fileset_store
 from modelyard.models import store as model_store
-from modelyard.storage import FilesetMissing, fileset_dir
+from modelyard.storage import FilesetMissing
 
 T = TypeVar("T")
 
@@ -146,8 +147,9 @@ def create(session: Session, settings: Settings, workspace: str, request: Create
     if not model.fileset:
         raise ApiError(400, f"model '{reference}' has no fileset: an endpoint needs the checkpoint's files",
                        code="model_without_files")
-    if not (fileset_dir(settings.home, model.fileset) / "config.json").is_file():
-        raise ApiError(400, f"fileset '{model.fileset}' of model '{reference}' has no config.json on this server",
+    fileset = fileset_store.find(session, *model.fileset.split("/", 1))
+    if fileset is None or fileset_store.file(session, fileset.id, "config.json") is None:
+        raise ApiError(400, f"fileset '{model.fileset}' of model '{reference}' has no config.json",
                        code="model_without_files")
     available = {h.id for h in hardware().data}
     if request.hardware not in available:

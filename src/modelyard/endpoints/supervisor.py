@@ -37,7 +37,8 @@ from modelyard.db.engine import Database, utcnow
 from modelyard.engine.client import AdapterError, EngineClient, EngineError
 from modelyard.engine.process import EngineProcess, EngineStartError, builtin_command, free_port
 from modelyard.engine.vllm import vllm_command, vllm_env, vllm_python
-from modelyard.storage import FilesetMissing, cached_copy, fileset_dir
+from modelyard.errors import ServiceError
+from modelyard.storage import FilesetMissing
 
 log = logging.getLogger("modelyard.supervisor")
 
@@ -343,7 +344,7 @@ class Supervisor:
     async def _spawn(self, runtime: Runtime, view: EndpointView) -> Replica:
         if not view.model_fileset:
             raise FilesetMissing(f"endpoint '{view.name}': its model has no fileset with checkpoint files")
-        model_path = str(fileset_dir(self.settings.home, view.model_fileset))
+        model_path = str(await anyio.to_thread.run_sync(self._model_folder, view.model_fileset))
         if not Path(model_path, "config.json").is_file():
             raise FilesetMissing(f"fileset '{view.model_fileset}' has no config.json (looked in {model_path})")
         port = free_port()
@@ -396,7 +397,20 @@ class Supervisor:
         replica.loaded.add(want.name)
 
     def local_copy(self, want: AdapterWant) -> Path:
-        return cached_copy(self.settings.home, want.fileset, f"{want.workspace}--{want.name}")
+        """The adapter's files in a local cache folder of their own (atomic; once per content)."""
+        return self._folder(want.fileset, f"{want.workspace}--{want.name}", copy=True)
+
+    def _model_folder(self, reference: str) -> Path:
+        return self._folder(reference, reference.replace("/", "--"), copy=False)
+
+    def _folder(self, reference: str, label: str, *, copy: bool) -> Path:
+        from modelyard.filesets.service import local_folder  # the filesets domain knows where files live
+
+        try:
+            with self.db.session() as session:
+                return local_folder(session, self.settings, reference, label=label, copy=copy)
+        except ServiceError as exc:
+            raise FilesetMissing(exc.message) from None
 
     async def _stop_replica(self, replica: Replica) -> None:
         await replica.client.aclose()

@@ -34,6 +34,7 @@ from modelyard.filesets.schemas import (
     UpdateFilesetRequest,
 )
 from modelyard.listing import ListQuery, Page
+from modelyard.spec import Files
 from modelyard.storage import FileStore, cached_copy, open_store
 from modelyard.workspaces import store as workspace_store
 
@@ -308,6 +309,12 @@ def require_fileset(session: Session, reference: str, *, non_empty: bool) -> tab
     if non_empty and not store.files(session, row.id):
         raise InvalidRequest(f"Fileset '{reference}' exists but is empty")
     return row
+
+
+def files_of(session: Session, settings: Settings, row: tables.Fileset) -> Files:
+    """Read access to a fileset's files (sizes from the database, bytes by range from storage)."""
+    filestore = file_store(settings, row)
+    return Files(sizes={f.path: f.size for f in store.files(session, row.id)}, read=filestore.read_range)
 
 
 def local_folder(session: Session, settings: Settings, reference: str, *, label: str, copy: bool) -> Path:

@@ -16,16 +16,12 @@ ListParams = Annotated[ListQuery, Depends(query_dependency(store.FILTERS))]
 Verbose = Annotated[bool, Query(description="Include spec.linear_layers")]
 
 
-def _trusted(request: Request) -> list[str]:
-    return request.app.state.settings.trusted_fileset_workspaces
-
-
 @router.post("", status_code=201, response_model=ModelEntity, response_model_exclude_none=True)
 def create_model(
     workspace: str, body: CreateModelEntityRequest, session: SessionDep, request: Request
 ) -> ModelEntity:
     """Create a new model entity."""
-    return service.create(session, workspace, body, trusted=_trusted(request))
+    return service.create(session, workspace, body, settings=request.app.state.settings)
 
 
 @router.get("", response_model=Page[ModelEntity], response_model_exclude_none=True)
@@ -44,7 +40,7 @@ def update_model(
     workspace: str, name: str, body: UpdateModelEntityRequest, session: SessionDep, request: Request
 ) -> ModelEntity:
     """Merge the given fields into the model; ``null`` clears an optional field."""
-    return service.update(session, workspace, name, body, trusted=_trusted(request))
+    return service.update(session, workspace, name, body, settings=request.app.state.settings)
 
 
 @router.delete("/{name}", status_code=204, response_class=Response)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection
 from datetime import UTC
 from typing import Any
@@ -10,16 +11,22 @@ from sqlalchemy.orm import Session
 
 from modelyard.adapters import service as adapter_service
 from modelyard.adapters.service import qualify
+from modelyard.config import Settings
 from modelyard.db import tables
 from modelyard.db.engine import new_id, utcnow
 from modelyard.endpoints import store as endpoint_store
 from modelyard.errors import Conflict, Forbidden
+from modelyard.filesets import service as fileset_service
 from modelyard.listing import ListQuery, Page
 from modelyard.models import store
 from modelyard.models.schemas import CreateModelEntityRequest, ModelEntity, UpdateModelEntityRequest
+from modelyard.spec import SpecError, inspect_checkpoint
 from modelyard.workspaces import store as workspace_store
 
 _SCHEMA_OBJECTS = ("spec", "api_endpoint", "prompt")  # stored without their unset (null) members
+
+
+log = logging.getLogger("modelyard.models")
 
 
 def mask_secret(secret: str) -> str:
@@ -75,14 +82,27 @@ def _check_trust(trust_remote_code: bool, fileset: str | None, trusted: Collecti
         )
 
 
+def _derive_spec(session: Session, settings: Settings, reference: str, name: str, given: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The spec read from the fileset's files, with any field the user gave winning; the user's spec
+    alone when the files say nothing (no config.json: logged, not an error)."""
+    row = fileset_service.require_fileset(session, reference, non_empty=False)
+    try:
+        derived = inspect_checkpoint(fileset_service.files_of(session, settings, row), name)
+    except SpecError as exc:
+        log.info("spec not derived from fileset", extra={"fileset": reference, "model": name, "reason": str(exc)})
+        return given
+    return {**derived, **(given or {})}
+
+
 def create(
-    session: Session, workspace: str, request: CreateModelEntityRequest, *, trusted: Collection[str]
+    session: Session, workspace: str, request: CreateModelEntityRequest, *, settings: Settings
 ) -> ModelEntity:
     workspace_store.require(session, workspace)
     fields = {k: v for k, v in _column_values(request).items() if v is not None and k != "name"}
     if "fileset" in fields:
         fields["fileset"] = qualify(fields["fileset"], workspace)
-    _check_trust(request.trust_remote_code, fields.get("fileset"), trusted)
+        fields["spec"] = _derive_spec(session, settings, fields["fileset"], request.name, fields.get("spec"))
+    _check_trust(request.trust_remote_code, fields.get("fileset"), settings.trusted_fileset_workspaces)
     now = utcnow()
     row = tables.Model(id=new_id("model"), workspace=workspace, name=request.name, created_at=now, updated_at=now)
     for field, value in fields.items():
@@ -110,7 +130,7 @@ def list_(session: Session, workspace: str, query: ListQuery, *, verbose: bool =
 
 
 def update(
-    session: Session, workspace: str, name: str, request: UpdateModelEntityRequest, *, trusted: Collection[str]
+    session: Session, workspace: str, name: str, request: UpdateModelEntityRequest, *, settings: Settings
 ) -> ModelEntity:
     """Merge: fields left out keep their value; an explicit null clears the field."""
     workspace_store.require(session, workspace)
@@ -118,12 +138,15 @@ def update(
     changes = _column_values(request)
     if changes.get("fileset") is not None:
         changes["fileset"] = qualify(changes["fileset"], workspace)
+        if "spec" not in changes or changes["spec"] is not None:
+            changes["spec"] = _derive_spec(session, settings, changes["fileset"], name, changes.get("spec"))
     endpoint = changes.get("api_endpoint")
     stored_key = (row.api_endpoint or {}).get("api_key")
     if endpoint and stored_key and endpoint.get("api_key") == mask_secret(stored_key):
         endpoint["api_key"] = stored_key  # a client echoing back what GET showed keeps the real key
     _check_trust(
-        changes.get("trust_remote_code", row.trust_remote_code), changes.get("fileset", row.fileset), trusted
+        changes.get("trust_remote_code", row.trust_remote_code), changes.get("fileset", row.fileset),
+        settings.trusted_fileset_workspaces,
     )
     for field, value in changes.items():
         setattr(row, field, value)

@@ -47,5 +47,5 @@ def delete(session: Session, name: str) -> None:
     if name in RESERVED:
         raise Conflict(f"Workspace '{name}' is built in and cannot be deleted")
     if store.holds_entities(session, name):
-        raise Conflict(f"Workspace '{name}' still holds models or adapters; delete them first")
+        raise Conflict(f"Workspace '{name}' still holds models, adapters, filesets or endpoints; delete them first")
     store.delete(session, row)

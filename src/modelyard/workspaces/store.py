@@ -6,7 +6,7 @@ from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
 from modelyard.db.engine import insert_unique
-from modelyard.db.tables import Adapter, Model, Workspace
+from modelyard.db.tables import Adapter, Endpoint, Fileset, Model, Workspace
 from modelyard.errors import NotFound
 from modelyard.listing import FilterField, ListQuery, Pagination, run_list_query
 
@@ -42,9 +42,11 @@ def list_(session: Session, query: ListQuery) -> tuple[list[Workspace], Paginati
 
 
 def holds_entities(session: Session, name: str) -> bool:
-    has_models = session.scalar(select(exists().where(Model.workspace == name)))
-    has_adapters = session.scalar(select(exists().where(Adapter.workspace == name)))
-    return bool(has_models or has_adapters)
+    """Whether anything still lives in the workspace: models, adapters, filesets or endpoints."""
+    return any(
+        session.scalar(select(exists().where(table.workspace == name)))
+        for table in (Model, Adapter, Fileset, Endpoint)
+    )
 
 
 def delete(session: Session, row: Workspace) -> None:

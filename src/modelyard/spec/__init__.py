@@ -1,0 +1,295 @@
+"""A checkpoint's ``ModelSpec`` and an adapter's LoRA facts, read from the files themselves.
+
+Only small files and safetensors *headers* are read (8-byte length + JSON, fetched with range reads,
+so a remote 7B checkpoint costs a few kilobytes): ``config.json``, ``tokenizer_config.json`` /
+``chat_template.jinja``, ``model.safetensors.index.json`` and each shard's header. Weights are never
+loaded.
+
+GPU estimates (documented in the README): 80 GB GPUs of which 90% is usable, sequence length 4096,
+batch 1, LoRA rank 32 on every linear layer.
+
+* ``minimum_gpus_all_weights`` (serving the full model) =
+  ceil((params · bytes_per_param + kv_cache) · 1.2 / 72 GB), with
+  kv_cache = 2 · layers · kv_heads · head_dim · 4096 · bytes_per_param, and 1.2 for activations and
+  runtime buffers;
+* ``minimum_gpus_lora`` (LoRA fine-tuning) = ceil((params · bytes_per_param + lora_params · 16
+  + activations) · 1.2 / 72 GB), with lora_params = 32 · Σ(in + out) over linear layers, 16 bytes per
+  trainable parameter (weight, gradient, two fp32 Adam moments) and activations = layers · 4096 ·
+  hidden · 34 bytes (one sequence, no recomputation).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+GPU_BYTES = 80e9 * 0.9
+SEQUENCE = 4096
+LORA_RANK = 32
+MAX_HEADER = 100 * 1024 * 1024
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+                "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+_DTYPE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F8_E4M3": "float8_e4m3fn",
+                "F8_E5M2": "float8_e5m2", "F64": "float64"}
+_CONV1D = re.compile(r"(^|\.)(c_attn|c_proj|c_fc|q_attn)\.weight$")  # GPT-2 style: weight is [in, out]
+_EMBEDDING = re.compile(r"(embed|wte|wpe|embedding|shared)", re.IGNORECASE)
+
+
+class SpecError(ValueError):
+    """The files are there but cannot be read as a checkpoint or an adapter; the message says why."""
+
+
+@dataclass
+class Files:
+    """Read access to a fileset: its paths and sizes, and a range reader."""
+
+    sizes: dict[str, int]
+    read: Callable[[str, int, int], bytes]  # (path, start, length) -> bytes
+
+    def has(self, path: str) -> bool:
+        return path in self.sizes
+
+    def text(self, path: str) -> str:
+        return self.read(path, 0, self.sizes[path]).decode("utf-8")
+
+    def json(self, path: str) -> Any:
+        try:
+            return json.loads(self.text(path))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise SpecError(f"{path} is not valid JSON ({exc})") from None
+
+
+def safetensors_header(files: Files, path: str) -> dict[str, dict[str, Any]]:
+    """``{tensor: {"dtype", "shape"}}`` from a safetensors file's header (no tensor data is read)."""
+    size = files.sizes[path]
+    if size < 8:
+        raise SpecError(f"{path} is too short to be a safetensors file")
+    (length,) = struct.unpack("<Q", files.read(path, 0, 8))
+    if length > MAX_HEADER or 8 + length > size:
+        raise SpecError(f"{path} has a header length of {length} bytes, which does not fit the file")
+    try:
+        header = json.loads(files.read(path, 8, length))
+    except ValueError as exc:
+        raise SpecError(f"{path} has a header that is not JSON ({exc})") from None
+    header.pop("__metadata__", None)
+    return header
+
+
+def checkpoint_tensors(files: Files) -> dict[str, dict[str, Any]]:
+    """Every tensor of the checkpoint, from the index's shards or from every ``*.safetensors`` file."""
+    if files.has("model.safetensors.index.json"):
+        index = files.json("model.safetensors.index.json")
+        shards = sorted(set((index.get("weight_map") or {}).values()))
+        missing = [s for s in shards if not files.has(s)]
+        if missing:
+            raise SpecError(f"model.safetensors.index.json names shards that are not in the fileset: {missing}")
+    else:
+        shards = sorted(p for p in files.sizes if p.endswith(".safetensors") and "/" not in p)
+    tensors: dict[str, dict[str, Any]] = {}
+    for shard in shards:
+        tensors.update(safetensors_header(files, shard))
+    return tensors
+
+
+def _text_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Multimodal configs nest the language model's settings under ``text_config``."""
+    inner = config.get("text_config")
+    return {**config, **inner} if isinstance(inner, dict) else config
+
+
+def _first(config: dict[str, Any], *keys: str) -> Any:
+    for key in keys:
+        if config.get(key) is not None:
+            return config[key]
+    return None
+
+
+def _chat_template(files: Files) -> str | None:
+    if files.has("chat_template.jinja"):
+        return files.text("chat_template.jinja")
+    if files.has("tokenizer_config.json"):
+        template = files.json("tokenizer_config.json").get("chat_template")
+        if isinstance(template, list):  # named templates: [{"name": "default", "template": ...}]
+            named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+            template = named.get("default") or next(iter(named.values()), None)
+        return template if isinstance(template, str) else None
+    return None
+
+
+def linear_layers(tensors: dict[str, dict[str, Any]], family: str) -> list[dict[str, Any]]:
+    """Every 2-D ``*.weight`` of a Linear or Conv1D layer, with in/out the right way round."""
+    layers = []
+    for name, info in tensors.items():
+        shape = info.get("shape") or []
+        if not name.endswith(".weight") or len(shape) != 2 or _EMBEDDING.search(name.rsplit(".", 2)[-2]):
+            continue
+        if family == "gpt2" and _CONV1D.search(name):
+            in_features, out_features = shape
+        else:
+            out_features, in_features = shape
+        layers.append({"name": name[: -len(".weight")], "in_features": in_features, "out_features": out_features})
+    return sorted(layers, key=lambda layer: _natural(layer["name"]))
+
+
+def _natural(name: str) -> list[Any]:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def _precision(config: dict[str, Any], tensors: dict[str, dict[str, Any]]) -> str:
+    declared = _first(config, "torch_dtype", "dtype")
+    if isinstance(declared, str):
+        return declared
+    counts: dict[str, int] = {}
+    for info in tensors.values():
+        counts[info.get("dtype", "")] = counts.get(info.get("dtype", ""), 0) + math.prod(info.get("shape") or [1])
+    common = max(counts, key=counts.__getitem__) if counts else "F32"
+    return _DTYPE_NAMES.get(common, common.lower())
+
+
+def _bytes_per_param(precision: str) -> float:
+    return {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2}.get(precision, 1 if "8" in precision else 2)
+
+
+def inspect_checkpoint(files: Files, name: str) -> dict[str, Any]:
+    """The ``ModelSpec`` fields this checkpoint determines. :class:`SpecError` if it cannot be read;
+    a fileset without ``config.json`` raises too (the caller logs it and leaves ``spec`` empty)."""
+    if not files.has("config.json"):
+        raise SpecError("the fileset has no config.json")
+    config = _text_config(files.json("config.json"))
+    family = str(config.get("model_type") or "unknown")
+    tensors = checkpoint_tensors(files)
+    num_layers = _first(config, "num_hidden_layers", "n_layer", "num_layers")
+    hidden = _first(config, "hidden_size", "n_embd", "d_model")
+    heads = _first(config, "num_attention_heads", "n_head")
+    if not (num_layers and hidden and heads):
+        raise SpecError("config.json lacks num_hidden_layers, hidden_size or num_attention_heads")
+    kv_heads = _first(config, "num_key_value_heads", "n_head_kv") or heads
+    ffn = _first(config, "intermediate_size", "n_inner", "ffn_dim") or 4 * hidden
+    names = list(tensors)
+    if tensors:
+        tied = not any(n.endswith("lm_head.weight") for n in names)
+        gated = any(re.search(r"(gate_proj|gate_up_proj|\.w1\.|\.w3\.)", n) for n in names)
+    else:
+        tied = bool(config.get("tie_word_embeddings", family == "gpt2"))
+        gated = family not in ("gpt2", "gpt_neox", "gptj", "opt", "bloom", "falcon")
+    precision = _precision(config, tensors)
+    template = _chat_template(files)
+    spec: dict[str, Any] = {
+        "checkpoint_model_name": name,
+        "family": family,
+        "num_layers": int(num_layers),
+        "hidden_size": int(hidden),
+        "num_attention_heads": int(heads),
+        "num_kv_heads": int(kv_heads),
+        "ffn_hidden_size": int(ffn),
+        "vocab_size": int(config.get("vocab_size") or 0),
+        "tied_embeddings": tied,
+        "gated_mlp": gated,
+        "precision": precision,
+        "context_size": _first(config, "max_position_embeddings", "n_positions", "n_ctx", "seq_length"),
+        "is_chat": template is not None,
+        "base_num_parameters": sum(math.prod(t.get("shape") or [1]) for t in tensors.values()),
+        "linear_layers": linear_layers(tensors, family),
+        "chat_template": template,
+    }
+    experts = _first(config, "num_local_experts", "num_experts", "n_routed_experts")
+    if experts:
+        spec["moe_config"] = {
+            "num_experts": int(experts),
+            "num_experts_per_tok": int(_first(config, "num_experts_per_tok", "top_k", "moe_topk") or 1),
+            "num_expert_layers": int(num_layers),
+            "expert_ffn_size": _first(config, "moe_intermediate_size", "expert_intermediate_size"),
+            "num_shared_experts": int(_first(config, "n_shared_experts", "num_shared_experts") or 0),
+        }
+    if family in ("mamba", "mamba2", "jamba", "falcon_mamba", "nemotron_h", "zamba", "zamba2"):
+        attention_layers = int(_first(config, "num_attention_layers") or 0)
+        spec["mamba_config"] = {
+            "is_hybrid": family not in ("mamba", "mamba2", "falcon_mamba"),
+            "num_mamba_layers": int(num_layers) - attention_layers,
+            "num_attention_layers": attention_layers,
+            "state_size": int(_first(config, "state_size", "d_state", "mamba_d_state") or 16),
+            "conv_kernel": int(_first(config, "conv_kernel", "d_conv", "mamba_d_conv") or 4),
+        }
+    window = config.get("sliding_window")
+    if isinstance(window, int) and window > 0 and config.get("use_sliding_window", True) is not False:
+        spec["sliding_window_config"] = {"window_size": window}
+    spec.update(gpu_estimates(spec))
+    return spec
+
+
+def gpu_estimates(spec: dict[str, Any]) -> dict[str, int]:
+    """The two GPU counts (formulas in the module docstring)."""
+    per_param = _bytes_per_param(spec["precision"])
+    weights = spec["base_num_parameters"] * per_param
+    head_dim = spec["hidden_size"] // max(spec["num_attention_heads"], 1)
+    kv_cache = 2 * spec["num_layers"] * spec["num_kv_heads"] * head_dim * SEQUENCE * per_param
+    lora_params = LORA_RANK * sum(layer["in_features"] + layer["out_features"] for layer in spec["linear_layers"] or [])
+    activations = spec["num_layers"] * SEQUENCE * spec["hidden_size"] * 34
+    return {
+        "minimum_gpus_all_weights": max(1, math.ceil((weights + kv_cache) * 1.2 / GPU_BYTES)),
+        "minimum_gpus_lora": max(1, math.ceil((weights + lora_params * 16 + activations) * 1.2 / GPU_BYTES)),
+    }
+
+
+# ----- adapters --------------------------------------------------------------------------------
+
+_LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<which>[AB])(?:\.[^.]+)?\.weight$")
+
+
+@dataclass
+class AdapterFacts:
+    rank: int
+    alpha: int | None
+    peft_type: str
+    use_dora: bool
+    target_modules: list[str]
+    shapes: dict[str, dict[str, list[int]]] = field(default_factory=dict)  # module -> {"A": shape, "B": shape}
+
+
+def inspect_adapter(files: Files) -> AdapterFacts | None:
+    """A PEFT adapter's facts, or None when the fileset has no ``adapter_config.json``."""
+    if not files.has("adapter_config.json"):
+        return None
+    config = files.json("adapter_config.json")
+    if not isinstance(config, dict):
+        raise SpecError("adapter_config.json must hold a JSON object")
+    try:
+        rank = int(config.get("r") or 0)
+    except (TypeError, ValueError):
+        rank = 0
+    alpha = config.get("lora_alpha")
+    targets = config.get("target_modules") or []
+    facts = AdapterFacts(
+        rank=rank, alpha=int(alpha) if isinstance(alpha, (int, float)) else None,
+        peft_type=str(config.get("peft_type") or "LORA"), use_dora=bool(config.get("use_dora")),
+        target_modules=[targets] if isinstance(targets, str) else list(targets),
+    )
+    weights = next((p for p in ("adapter_model.safetensors",) if files.has(p)), None)
+    if weights:
+        for key, info in safetensors_header(files, weights).items():
+            match = _LORA_KEY.match(key)
+            if match:
+                facts.shapes.setdefault(match.group("module"), {})[match.group("which")] = list(info.get("shape") or [])
+    return facts
+
+
+def incompatibilities(facts: AdapterFacts, layers: list[dict[str, Any]]) -> list[str]:
+    """Why this adapter cannot run on a base with these ``linear_layers`` (empty when it can)."""
+    by_name = {layer["name"]: layer for layer in layers}
+    problems = []
+    for module, shapes in sorted(facts.shapes.items(), key=lambda item: _natural(item[0])):
+        layer = by_name.get(module)
+        if layer is None:
+            problems.append(f"{module} is not a linear layer of the base model")
+            continue
+        a, b = shapes.get("A"), shapes.get("B")
+        if a is not None and (len(a) != 2 or a[1] != layer["in_features"]):
+            problems.append(f"{module} expects in_features={layer['in_features']}, adapter has lora_A {a}")
+        if b is not None and (len(b) != 2 or b[0] != layer["out_features"]):
+            problems.append(f"{module} expects out_features={layer['out_features']}, adapter has lora_B {b}")
+    return problems
