@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -42,3 +43,32 @@ def test_errors_exit_nonzero_with_the_server_message(live_server: str) -> None:
 def test_unreachable_server_is_a_clear_error() -> None:
     result = runner.invoke(app, ["models", "list", "--url", "http://127.0.0.1:9"])
     assert result.exit_code == 1 and "cannot reach" in result.output
+
+
+def test_filesets_upload_skip_and_download_resume(live_server: str, tmp_path: Path) -> None:
+    source = tmp_path / "ckpt"
+    (source / "sub").mkdir(parents=True)
+    (source / "config.json").write_text("{}")
+    (source / "sub" / "weights.bin").write_bytes(bytes(range(256)) * 4000)
+    url = ["--url", live_server]
+    first = runner.invoke(app, ["filesets", "upload", str(source), "default/ckpt", *url])
+    assert first.exit_code == 0, first.output
+    assert "uploaded 2 files" in first.output
+    second = runner.invoke(app, ["filesets", "upload", str(source), "default/ckpt", *url])
+    assert "uploaded 0 files" in second.output and "2 unchanged" in second.output
+    (source / "config.json").write_text('{"changed": true}')
+    assert "uploaded 1 files" in runner.invoke(app, ["filesets", "upload", str(source), "default/ckpt", *url]).output
+
+    target = tmp_path / "back"
+    (target / "sub").mkdir(parents=True)
+    data = (source / "sub" / "weights.bin").read_bytes()
+    (target / "sub" / "weights.bin.part").write_bytes(data[:1000])  # an interrupted earlier download
+    result = runner.invoke(app, ["filesets", "download", "default/ckpt", str(target), *url])
+    assert result.exit_code == 0, result.output
+    assert (target / "sub" / "weights.bin").read_bytes() == data
+    assert (target / "config.json").read_text() == '{"changed": true}'
+    assert not (target / "sub" / "weights.bin.part").exists()
+    listed = runner.invoke(app, ["filesets", "files", "default/ckpt", "--json", *url])
+    assert [f["path"] for f in json.loads(listed.output)] == ["config.json", "sub/weights.bin"]
+    again = runner.invoke(app, ["filesets", "download", "default/ckpt", str(target), *url])
+    assert "downloaded 0 files" in again.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -19,6 +20,8 @@ adapters_app = typer.Typer(help="Register and inspect adapters.", no_args_is_hel
 app.add_typer(workspaces_app, name="workspaces")
 app.add_typer(models_app, name="models")
 app.add_typer(adapters_app, name="adapters")
+filesets_app = typer.Typer(help="Upload, download and inspect filesets.", no_args_is_help=True)
+app.add_typer(filesets_app, name="filesets")
 endpoints_app = typer.Typer(help="Serve a base model and attach adapters to it at run time.", no_args_is_help=True)
 app.add_typer(endpoints_app, name="endpoints")
 
@@ -257,3 +260,83 @@ def endpoints_detach(endpoint_id: str, model_id: str, url: Url = None) -> None:
     """Detach an adapter; requests for it answer 404 from then on."""
     _run(lambda: _client(url).endpoints.adapters.remove(endpoint_id, model_id=model_id))
     console.print(f"detached {model_id}")
+
+
+def _split_ref(reference: str) -> tuple[str, str]:
+    workspace, _, name = reference.rpartition("/")
+    if not name:
+        raise typer.BadParameter(f"{reference!r}: give a fileset as ws/name (or name, in 'default')")
+    return workspace or "default", name
+
+
+def _bytes_progress(verb: str) -> Any:
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    return Progress(TextColumn(f"[bold]{verb}[/bold]"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                    TimeRemainingColumn(), console=console, transient=False)
+
+
+@filesets_app.command("upload")
+def filesets_upload(
+    folder: Annotated[str, typer.Argument(help="local directory to upload (every file under it)")],
+    fileset: Annotated[str, typer.Argument(help="ws/name; created if it does not exist")],
+    retries: Annotated[int, typer.Option(help="attempts again for a file whose upload fails")] = 3,
+    url: Url = None,
+) -> None:
+    """Upload a directory: files whose sha256 already matches are skipped, a failed file is retried."""
+    from modelyard.client.client import upload_dir
+
+    workspace, name = _split_ref(fileset)
+    if not Path(folder).is_dir():
+        raise typer.BadParameter(f"{folder!r} is not a directory")
+    with _bytes_progress("upload") as progress:
+        task = progress.add_task("upload", total=None)
+        report = _run(lambda: upload_dir(
+            _client(url), folder, workspace, name, retries=retries,
+            on_start=lambda total: progress.update(task, total=total),
+            progress=lambda n: progress.advance(task, n),
+        ))
+    console.print(f"{workspace}/{name}: uploaded {len(report.transferred)} files ({report.bytes} bytes), "
+                  f"{len(report.skipped)} unchanged")
+
+
+@filesets_app.command("download")
+def filesets_download(
+    fileset: Annotated[str, typer.Argument(help="ws/name")],
+    folder: Annotated[str, typer.Argument(help="local directory (created if needed)")],
+    url: Url = None,
+) -> None:
+    """Download a fileset; files already present with the right sha256 are skipped, partial ones resume."""
+    from modelyard.client.client import download_dir
+
+    workspace, name = _split_ref(fileset)
+    with _bytes_progress("download") as progress:
+        task = progress.add_task("download", total=None)
+        report = _run(lambda: download_dir(
+            _client(url), workspace, name, folder,
+            on_start=lambda total: progress.update(task, total=total),
+            progress=lambda n: progress.advance(task, n),
+        ))
+    console.print(f"{workspace}/{name}: downloaded {len(report.transferred)} files ({report.bytes} bytes), "
+                  f"{len(report.skipped)} already there")
+
+
+@filesets_app.command("list")
+def filesets_list(workspace: Workspace = "-", url: Url = None, as_json: AsJson = False) -> None:
+    """List filesets (all workspaces by default)."""
+    page = _run(lambda: _client(url).filesets.list(workspace))
+    _show(list(page.auto_paging_iter()), ["workspace", "name", "purpose", "description", "created_at"], as_json)
+
+
+@filesets_app.command("files")
+def filesets_files(fileset: str, url: Url = None, as_json: AsJson = False) -> None:
+    """List the files of a fileset with their sizes and sha256."""
+    workspace, name = _split_ref(fileset)
+    _show(_run(lambda: _client(url).filesets.list_files(workspace, name)).data, ["path", "size", "sha256"], as_json)
