@@ -45,6 +45,18 @@ class AlreadyExists(Conflict):
     code = "already_exists"
 
 
+class PayloadTooLarge(ServiceError):
+    """An upload above the configured file size limit."""
+
+    status_code = 413
+    code = "payload_too_large"
+
+
+class RangeNotSatisfiable(ServiceError):
+    status_code = 416
+    code = "range_not_satisfiable"
+
+
 class Unprocessable(ServiceError):
     """Semantically invalid content that a schema cannot express."""
 

@@ -24,7 +24,7 @@ from starlette.requests import ClientDisconnect, Request
 from modelyard.config import Settings
 from modelyard.db import tables
 from modelyard.db.engine import Database, new_id, utcnow
-from modelyard.errors import Conflict, InvalidRequest, NotFound, ServiceError
+from modelyard.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge, RangeNotSatisfiable
 from modelyard.filesets import store
 from modelyard.filesets.schemas import (
     CreateFilesetRequest,
@@ -40,16 +40,6 @@ from modelyard.workspaces import store as workspace_store
 
 PREFIX = "/apis/files/v2/workspaces"
 WRITE_BUFFER = 1 << 20
-
-
-class PayloadTooLarge(ServiceError):
-    status_code = 413
-    code = "payload_too_large"
-
-
-class RangeNotSatisfiable(ServiceError):
-    status_code = 416
-    code = "range_not_satisfiable"
 
 
 def to_wire(row: tables.Fileset) -> Fileset:
