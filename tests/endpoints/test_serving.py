@@ -275,3 +275,30 @@ def test_scales_out_under_load_and_back_in(app: FastAPI, registry: tuple[Modelya
         for w in workers:
             w.join(120)
     wait_for(lambda: tg.endpoints.retrieve(endpoint.id).model_extra["replicas"] == 1, what="back to one replica")
+
+
+def _vllm_enabled() -> bool:
+    return os.environ.get("MODELYARD_TEST_VLLM") == "1"
+
+
+@pytest.mark.vllm
+@pytest.mark.skipif(not _vllm_enabled(), reason="vLLM endpoints run under `make test-vllm`")
+def test_a_vllm_endpoint_serves_attached_adapters(registry: tuple[Modelyard, Together], live_server: str) -> None:
+    """The same endpoint flow with `engine: vllm`: the supervisor starts vLLM's CPU build, attaches
+    load through vLLM's runtime LoRA API, and the gateway routes to it."""
+    _, tg = registry
+    oa = openai.OpenAI(api_key="test", base_url=live_server + "/v1", max_retries=0)
+    endpoint = tg.endpoints.create(model="default/tiny", hardware="cpu",
+                                   autoscaling={"min_replicas": 1, "max_replicas": 1},
+                                   extra_body={"engine": "vllm", "max_lora_rank": 8})
+    wait_for(lambda: tg.endpoints.retrieve(endpoint.id).state in ("STARTED", "ERROR"), timeout=300,
+             what="the vLLM endpoint to start")
+    assert tg.endpoints.retrieve(endpoint.id).state == "STARTED", tg.endpoints.retrieve(endpoint.id).model_extra
+    tg.endpoints.adapters.add(endpoint.id, model_id=f"{endpoint.name}:pirate")
+    tg.endpoints.adapters.add(endpoint.id, model_id=f"{endpoint.name}:chef")
+    answers = {m: ask(oa, m) for m in (endpoint.name, "pirate", f"{endpoint.name}:chef")}
+    assert len(set(answers.values())) == 3, answers
+    tg.endpoints.adapters.remove(endpoint.id, model_id=f"{endpoint.name}:pirate")
+    with pytest.raises(openai.NotFoundError):
+        ask(oa, "pirate")
+    tg.endpoints.delete(endpoint.id)
