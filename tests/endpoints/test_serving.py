@@ -302,3 +302,16 @@ def test_a_vllm_endpoint_serves_attached_adapters(registry: tuple[Modelyard, Tog
     with pytest.raises(openai.NotFoundError):
         ask(oa, "pirate")
     tg.endpoints.delete(endpoint.id)
+
+
+def test_inactive_endpoints_stop_themselves(app: FastAPI, registry: tuple[Modelyard, Together]) -> None:
+    _, tg = registry
+    endpoint = start_endpoint(tg, inactive_timeout=1)
+    assert tg.endpoints.retrieve(endpoint.id).inactive_timeout == 1
+    runtime = app.state.supervisor.runtimes[endpoint.id]
+    wait_for(lambda: tg.endpoints.retrieve(endpoint.id).state == "STARTED", what="STARTED")
+    assert tg.endpoints.retrieve(endpoint.id).state == "STARTED"  # not idle for a minute yet
+    runtime.last_request -= 61  # as if the last request came a minute and a second ago
+    app.state.supervisor.wake()
+    wait_for(lambda: tg.endpoints.retrieve(endpoint.id).state == "STOPPED", what="STOPPED after inactivity")
+    assert pids(app, endpoint.id) == []

@@ -8,7 +8,8 @@ reads the endpoints and their attached adapters, and reconciles each endpoint in
   endpoint's enabled attached adapters, and only then count it (PENDING → STARTING → STARTED);
 * a replica that dies is replaced after a back-off; after ``engine_max_failures`` failures in a row
   the endpoint goes to ERROR with the reason in ``error``;
-* STOPPED: stop the replicas gracefully (STOPPING → STOPPED);
+* STOPPED: stop the replicas gracefully (STOPPING → STOPPED); an endpoint with ``inactive_timeout``
+  (minutes) that served no request for that long is set to STOPPED, as Together does;
 * each replica's loaded adapters follow the database (attached and enabled), so a restart, a
   disabled adapter or a detach all converge the same way.
 
@@ -72,6 +73,7 @@ class EndpointView:
     max_loras: int
     max_lora_rank: int
     engine: str
+    inactive_timeout: int | None
     adapters: tuple[AdapterWant, ...]
 
 
@@ -84,6 +86,7 @@ class Runtime:
     retry_at: float = 0.0
     last_failure: float = 0.0
     busy_since: float = field(default_factory=time.monotonic)
+    last_request: float = field(default_factory=time.monotonic)
     task: asyncio.Task[None] | None = None
     serial: int = 0
 
@@ -220,10 +223,17 @@ class Supervisor:
                 id=e.id, name=e.name, model_fileset=models[e.model_id].fileset if e.model_id in models else None,
                 desired_state=e.desired_state, state=e.state, min_replicas=e.min_replicas,
                 max_replicas=e.max_replicas, max_loras=e.max_loras, max_lora_rank=e.max_lora_rank, engine=e.engine,
-                adapters=tuple(wanted.get(e.id, [])),
+                inactive_timeout=e.inactive_timeout, adapters=tuple(wanted.get(e.id, [])),
             )
             for e in endpoints
         ]
+
+    def _stop_for_inactivity(self, endpoint_id: str) -> None:
+        with self.db.session(write=True) as session:
+            row = session.get(tables.Endpoint, endpoint_id)
+            if row is not None:
+                row.desired_state = "STOPPED"
+                row.updated_at = utcnow()
 
     def _write_state(self, endpoint_id: str, state: str, error: str | None = None, pids: list[int] | None = None,
                      *, keep_error: bool = False) -> None:
@@ -278,6 +288,13 @@ class Supervisor:
             return
         if view.state == "ERROR":
             return  # until the user stops and starts it again
+        if (view.inactive_timeout and runtime.replicas and runtime.in_flight == 0
+                and now - runtime.last_request > view.inactive_timeout * 60):
+            log.info("endpoint inactive: stopping it", extra={"endpoint": view.name,
+                                                              "inactive_timeout_min": view.inactive_timeout})
+            await anyio.to_thread.run_sync(self._stop_for_inactivity, view.id)
+            self.wake()
+            return
         if runtime.failures >= self.settings.engine_max_failures:
             await self._stop_replicas(runtime)
             await anyio.to_thread.run_sync(

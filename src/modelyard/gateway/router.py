@@ -88,6 +88,8 @@ async def _proxy(request: Request, workspace: str, path: str) -> Response:
                             "yet; retry shortly", code="endpoint_not_ready", kind="service_unavailable",
                        retry_after=RETRY_AFTER_S)
     replica.in_flight += 1
+    if runtime is not None:
+        runtime.last_request = time.monotonic()  # for inactive_timeout
     if runtime is not None and runtime.in_flight > supervisor.settings.replica_target_in_flight * len(runtime.replicas):
         supervisor.wake()  # time to scale out
     try:
