@@ -57,6 +57,13 @@ class RangeNotSatisfiable(ServiceError):
     code = "range_not_satisfiable"
 
 
+class StorageUnavailable(ServiceError):
+    """The fileset's storage (a bucket, a disk) failed; not the client's fault, and nothing was stored."""
+
+    status_code = 502
+    code = "storage_unavailable"
+
+
 class Unprocessable(ServiceError):
     """Semantically invalid content that a schema cannot express."""
 

@@ -142,3 +142,13 @@ def test_a_large_upload_streams_with_flat_memory(live_server: str) -> None:
     assert response.json()["size"] == size
     # client and server share this process: a buffered body would add at least 400 MB to the peak
     assert after - before < 100 * 1024 * 1024, f"peak memory grew by {(after - before) >> 20} MiB"
+
+
+def test_an_unreachable_bucket_is_a_clear_502(client: Modelyard, settings: Settings) -> None:
+    settings.s3_access_key_id, settings.s3_secret_access_key = "testing", "testing"
+    storage = {"type": "s3", "bucket": "nowhere", "endpoint_url": f"http://127.0.0.1:{free_port()}"}
+    client.filesets.create("default", name="offline", storage=storage)
+    with pytest.raises(Exception) as err:
+        client.filesets.upload_file("default", "offline", "a.bin", b"data")
+    assert err.value.status_code == 502 and "fileset storage failed" in str(err.value)
+    assert client.filesets.list_files("default", "offline").data == []

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 from sqlalchemy.orm import Session
@@ -24,7 +26,15 @@ from starlette.requests import ClientDisconnect, Request
 from modelyard.config import Settings
 from modelyard.db import tables
 from modelyard.db.engine import Database, new_id, utcnow
-from modelyard.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge, RangeNotSatisfiable
+from modelyard.errors import (
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    RangeNotSatisfiable,
+    ServiceError,
+    StorageUnavailable,
+)
 from modelyard.filesets import store
 from modelyard.filesets.schemas import (
     CreateFilesetRequest,
@@ -39,7 +49,23 @@ from modelyard.storage import FileStore, cached_copy, open_store
 from modelyard.workspaces import store as workspace_store
 
 PREFIX = "/apis/files/v2/workspaces"
+T = TypeVar("T")
 WRITE_BUFFER = 1 << 20
+
+
+def storage_call(fn: Callable[..., T], *args: Any) -> T:
+    """Run a storage operation; a backend failure (unreachable bucket, bad credentials, full disk)
+    becomes a 502 that names the cause instead of an unexplained 500."""
+    try:
+        return fn(*args)
+    except ServiceError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - fsspec/s3fs/botocore raise many types
+        raise StorageUnavailable(f"fileset storage failed: {type(exc).__name__}: {exc}") from None
+
+
+async def storage_run(fn: Callable[..., T], *args: Any) -> T:
+    return await anyio.to_thread.run_sync(storage_call, fn, *args)
 
 
 def to_wire(row: tables.Fileset) -> Fileset:
@@ -103,7 +129,7 @@ def delete(session: Session, settings: Settings, workspace: str, name: str) -> F
         raise Conflict(f"Fileset '{workspace}/{name}' is used by {', '.join(users)}; delete or repoint them first")
     wire = to_wire(row)
     store.delete(session, row)
-    file_store(settings, row).delete_all()  # after the row is gone in this transaction; a failure rolls it back
+    storage_call(file_store(settings, row).delete_all)  # after the row is gone in this transaction; a failure rolls it back
     return wire
 
 
@@ -199,7 +225,7 @@ async def upload(db: Database, settings: Settings, workspace: str, name: str, pa
                               "(MODELYARD_MAX_FILE_SIZE)")
     expected = _expected_digest(request)
     located = await locate(db, settings, workspace, name)
-    writer = await anyio.to_thread.run_sync(located.store.writer, path)
+    writer = await storage_run(located.store.writer, path)
     digest, size, pending = hashlib.sha256(), 0, bytearray()
     try:
         async for chunk in request.stream():
@@ -211,16 +237,17 @@ async def upload(db: Database, settings: Settings, workspace: str, name: str, pa
             pending += chunk
             if len(pending) >= WRITE_BUFFER:
                 block, pending = bytes(pending), bytearray()
-                await anyio.to_thread.run_sync(writer.write, block)
+                await storage_run(writer.write, block)
         if pending:
-            await anyio.to_thread.run_sync(writer.write, bytes(pending))
+            await storage_run(writer.write, bytes(pending))
         actual = digest.hexdigest()
         if expected is not None and expected != actual:
             raise InvalidRequest(f"sha256 mismatch: the client announced {expected}, the body hashes to {actual}; "
                                  "nothing was stored")
-        await anyio.to_thread.run_sync(writer.commit)
+        await storage_run(writer.commit)
     except BaseException as exc:
-        await anyio.to_thread.run_sync(writer.abort)
+        with contextlib.suppress(Exception):
+            await anyio.to_thread.run_sync(writer.abort)
         if isinstance(exc, ClientDisconnect):
             raise InvalidRequest("The upload was interrupted; nothing was stored") from None
         raise
@@ -282,7 +309,7 @@ async def delete_file(db: Database, settings: Settings, workspace: str, name: st
         if row is not None:
             session.delete(row)
         session.flush()
-        located.store.delete(path)  # inside the transaction: if storage fails, the row stays
+        storage_call(located.store.delete, path)  # inside the transaction: if storage fails, the row stays
 
     await _in_db(db, forget, write=True)
 
