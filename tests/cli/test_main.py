@@ -72,3 +72,27 @@ def test_filesets_upload_skip_and_download_resume(live_server: str, tmp_path: Pa
     assert [f["path"] for f in json.loads(listed.output)] == ["config.json", "sub/weights.bin"]
     again = runner.invoke(app, ["filesets", "download", "default/ckpt", str(target), *url])
     assert "downloaded 0 files" in again.output
+
+
+def test_endpoint_commands(live_server: str, fixture_models: dict[str, Path]) -> None:
+    from tests.endpoints.conftest import register
+
+    url = ["--url", live_server]
+    with Modelyard(live_server) as client:
+        register(client, fixture_models)
+    created = runner.invoke(app, ["endpoints", "create", "default/tiny", "--stopped", "--json", *url])
+    assert created.exit_code == 0, created.output
+    endpoint = json.loads(created.output)
+    assert endpoint["state"] == "STOPPED" and endpoint["model"] == "default/tiny"
+    model_id = f"{endpoint['name']}:pirate"
+    assert model_id in runner.invoke(app, ["endpoints", "attach", endpoint["id"], model_id, *url]).output
+    listed = runner.invoke(app, ["endpoints", "adapters", endpoint["id"], "--json", *url])
+    assert [a["adapter_name"] for a in json.loads(listed.output)] == ["pirate"]
+    listed_all = json.loads(runner.invoke(app, ["endpoints", "list", "--json", *url]).output)
+    assert [e["id"] for e in listed_all] == [endpoint["id"]]
+    wrong = runner.invoke(app, ["endpoints", "attach", endpoint["id"], "pirate", *url])
+    assert wrong.exit_code == 1 and "endpoint_model_name:adapter_name" in wrong.output
+    assert "detached" in runner.invoke(app, ["endpoints", "detach", endpoint["id"], model_id, *url]).output
+    assert "deleted" in runner.invoke(app, ["endpoints", "delete", endpoint["id"], *url]).output
+    missing = runner.invoke(app, ["endpoints", "get", endpoint["id"], *url])
+    assert missing.exit_code == 1 and "No endpoint with this id exists" in missing.output

@@ -208,13 +208,14 @@ def endpoints_create(
     max_loras: Annotated[int, typer.Option(help="adapters resident per replica")] = 4,
     max_lora_rank: int = 16,
     engine: Annotated[str, typer.Option(help="builtin (CPU) or vllm")] = "builtin",
+    stopped: Annotated[bool, typer.Option("--stopped", help="create it STOPPED (start it later)")] = False,
     url: Url = None,
     as_json: AsJson = False,
 ) -> None:
-    """Create a LoRA-enabled endpoint; it starts at once (watch `modelyard endpoints list`)."""
+    """Create a LoRA-enabled endpoint; it starts at once unless --stopped (watch `modelyard endpoints list`)."""
     created = _run(lambda: _client(url).endpoints.create(
         model=model, hardware=hardware, min_replicas=min_replicas, max_replicas=max_replicas,
-        max_loras=max_loras, max_lora_rank=max_lora_rank, engine=engine,
+        max_loras=max_loras, max_lora_rank=max_lora_rank, engine=engine, state="STOPPED" if stopped else "STARTED",
     ))
     _show(created, ENDPOINT_COLUMNS, as_json)
 
