@@ -127,6 +127,9 @@ def main() -> None:
             "engine/one": engine_run(engine, prompts, [names[0]] * n, args.max_tokens),
             "engine/distinct": engine_run(engine, prompts, names, args.max_tokens),
         }
+        # bytes a decode step must read: the base's linear weights, and the LoRA weights of the rows' adapters
+        base_bytes = sum(i * o * 4 for i, o in engine.layer_shapes.values())
+        lora_bytes = sum(layer.a[1:].numel() * 4 + layer.b[1:].numel() * 4 for layer in engine.bank.layers.values())
         engine.shutdown()
 
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
@@ -149,6 +152,8 @@ def main() -> None:
             results.update(vllm_runs(base, adapter_paths, prompts, args.max_tokens, Path(tmp) / "vllm.log"))
 
     print(f"requests={n} prompt_tokens={args.prompt_tokens} max_tokens={args.max_tokens} hidden={args.hidden} layers=4")
+    print(f"weights read per decode step: base {base_bytes / 2**20:.0f} MiB, {n} distinct adapters "
+          f"{lora_bytes / 2**20:.0f} MiB ({lora_bytes / base_bytes:.2f} of the base)")
     for label, tps in results.items():
         print(f"{label:<18} tokens_per_s={tps:8.1f}")
     distinct = results["engine/distinct"]
