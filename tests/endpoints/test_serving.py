@@ -218,9 +218,11 @@ def test_stop_and_start_again(app: FastAPI, registry: tuple[Modelyard, Together]
     with pytest.raises(openai.APIStatusError) as unavailable:
         ask(oa, "chef")
     assert unavailable.value.status_code == 503
+    tg.endpoints.adapters.add(endpoint.id, model_id=f"{endpoint.name}:pirate")  # attached while stopped
     tg.endpoints.update(endpoint.id, state="STARTED")
     wait_for(lambda: tg.endpoints.retrieve(endpoint.id).state == "STARTED", what="STARTED again")
     assert ask(oa, "chef") == before  # the attachment survived and was loaded before STARTED
+    assert ask(oa, "pirate") != before  # and the one attached while stopped was loaded at start
     (new_pid,) = pids(app, endpoint.id)
     tg.endpoints.delete(endpoint.id)  # stops its replicas before answering
     assert pids(app, endpoint.id) == [] and not _alive(new_pid)
