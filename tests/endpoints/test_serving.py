@@ -317,3 +317,21 @@ def test_inactive_endpoints_stop_themselves(app: FastAPI, registry: tuple[Modely
     app.state.supervisor.wake()
     wait_for(lambda: tg.endpoints.retrieve(endpoint.id).state == "STOPPED", what="STOPPED after inactivity")
     assert pids(app, endpoint.id) == []
+
+
+def test_new_files_for_an_attached_adapter_are_swapped_in_without_a_gap(
+    registry: tuple[Modelyard, Together], live_server: str, fixture_models: dict[str, Path]
+) -> None:
+    ours, tg = registry
+    oa = openai.OpenAI(api_key="test", base_url=live_server + "/v1", max_retries=0)
+    endpoint = start_endpoint(tg)
+    tg.endpoints.adapters.add(endpoint.id, model_id=f"{endpoint.name}:pirate")
+    tg.endpoints.adapters.add(endpoint.id, model_id=f"{endpoint.name}:chef")
+    pirate, chef = ask(oa, "pirate"), ask(oa, "chef")
+    assert pirate != chef
+    # retrain "pirate" into what chef says: upload chef's weights into pirate's fileset
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        ours.filesets.upload_file("default", "pirate-files", name, fixture_models["chef"] / name)
+    seen: list[str] = []
+    wait_for(lambda: seen.append(ask(oa, "pirate")) or seen[-1] == chef, what="the new weights to serve")
+    assert set(seen) <= {pirate, chef}  # every request in between was served, by old or new weights

@@ -178,3 +178,23 @@ def test_greedy_output_matches_the_in_process_engine(engine_url: str, fixture_mo
                     await engine.unload_adapter(name)
 
     assert run(scenario) == expected
+
+
+def test_load_inplace_swaps_the_weights_under_a_name(engine_url: str, fixture_models: dict[str, Path]) -> None:
+    async def scenario() -> None:
+        async with EngineClient(engine_url) as engine:
+            await engine.load_adapter("pirate", str(fixture_models["pirate"]), max_rank=MAX_RANK)
+            await engine.load_adapter("chef", str(fixture_models["chef"]), max_rank=MAX_RANK)
+            chef = (await engine.create("/v1/completions", _completion("chef")))["choices"][0]["text"]
+            before = (await engine.create("/v1/completions", _completion("pirate")))["choices"][0]["text"]
+            assert before != chef
+            with pytest.raises(EngineError, match="already been loaded"):
+                await engine.load_adapter("pirate", str(fixture_models["chef"]), max_rank=MAX_RANK)
+            await engine.load_adapter("pirate", str(fixture_models["chef"]), max_rank=MAX_RANK, inplace=True)
+            after = (await engine.create("/v1/completions", _completion("pirate")))["choices"][0]["text"]
+            assert after == chef
+            assert await engine.adapters() == {"pirate", "chef"}
+            for name in ("pirate", "chef"):
+                await engine.unload_adapter(name)
+
+    run(scenario)

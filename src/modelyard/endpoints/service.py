@@ -36,7 +36,7 @@ from modelyard.endpoints.schemas import (
     HardwareSpecs,
     UpdateEndpointRequest,
 )
-from modelyard.endpoints.supervisor import AdapterWant, Supervisor
+from modelyard.endpoints.supervisor import AdapterWant, Supervisor, adapter_wants
 from modelyard.engine.adapter_files import read_adapter_config
 from modelyard.engine.client import AdapterError, EngineError
 from modelyard.errors import ApiError
@@ -249,8 +249,11 @@ async def attach(db: Database, supervisor: Supervisor, workspace: str, endpoint_
 
     A load that fails on any replica is undone on the others and nothing is recorded.
     """
-    endpoint, adapter = await in_db(db, lambda s: _check_attach(s, workspace, endpoint_id, model_id))
-    want = AdapterWant(adapter.name, adapter.workspace, adapter.fileset)
+    def check(session: Session) -> tuple[tables.Endpoint, tables.Adapter, AdapterWant]:
+        endpoint, adapter = _check_attach(session, workspace, endpoint_id, model_id)
+        return endpoint, adapter, adapter_wants(session, [adapter])[0]
+
+    endpoint, adapter, want = await in_db(db, check)
     runtime = supervisor.runtime(endpoint.id)
     async with runtime.lock:
         loaded_here = []
@@ -291,7 +294,7 @@ async def _unload(replicas: list, name: str) -> None:
             await replica.client.unload_adapter(name)
         except EngineError:
             pass
-        replica.loaded.discard(name)
+        replica.loaded.pop(name, None)
 
 
 async def detach(db: Database, supervisor: Supervisor, workspace: str, endpoint_id: str, model_id: str) -> AdapterRemoved:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import anyio
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from modelyard.config import Settings
 from modelyard.db import tables
@@ -48,7 +49,7 @@ log = logging.getLogger("modelyard.supervisor")
 class Replica:
     process: EngineProcess
     client: EngineClient
-    loaded: set[str] = field(default_factory=set)
+    loaded: dict[str, str] = field(default_factory=dict)  # adapter name -> the fileset version loaded
     in_flight: int = 0
 
 
@@ -57,6 +58,20 @@ class AdapterWant:
     name: str
     workspace: str
     fileset: str
+    version: str = ""  # changes when the fileset is re-pointed or its files are uploaded again
+
+
+def adapter_wants(session: Session, adapters: list[tables.Adapter]) -> list[AdapterWant]:
+    """What to load for these adapters, versioned by their fileset's last change."""
+    refs = {a.fileset for a in adapters}
+    stamps: dict[str, str] = {}
+    if refs:
+        for row in session.scalars(select(tables.Fileset).where(
+            tables.Fileset.workspace.in_({r.split("/", 1)[0] for r in refs}),
+            tables.Fileset.name.in_({r.split("/", 1)[1] for r in refs}),
+        )):
+            stamps[f"{row.workspace}/{row.name}"] = row.updated_at.isoformat()
+    return [AdapterWant(a.name, a.workspace, a.fileset, f"{a.fileset}@{stamps.get(a.fileset, '')}") for a in adapters]
 
 
 @dataclass(frozen=True)
@@ -210,14 +225,14 @@ class Supervisor:
                 endpoints_q = endpoints_q.where(tables.Endpoint.id == endpoint_id)
                 bindings_q = bindings_q.where(tables.EndpointAdapter.endpoint_id == endpoint_id)
             endpoints = list(session.scalars(endpoints_q))
-            rows = session.execute(bindings_q).all()
+            rows = [(bound_to, adapter) for bound_to, adapter in session.execute(bindings_q).all() if adapter.enabled]
             models = {m.id: m for m in session.scalars(
                 select(tables.Model).where(tables.Model.id.in_({e.model_id for e in endpoints}))
             )}
+            wants = adapter_wants(session, [adapter for _, adapter in rows])
         wanted: dict[str, list[AdapterWant]] = {}
-        for bound_to, adapter in rows:
-            if adapter.enabled:
-                wanted.setdefault(bound_to, []).append(AdapterWant(adapter.name, adapter.workspace, adapter.fileset))
+        for (bound_to, _), want in zip(rows, wants, strict=True):
+            wanted.setdefault(bound_to, []).append(want)
         return [
             EndpointView(
                 id=e.id, name=e.name, model_fileset=models[e.model_id].fileset if e.model_id in models else None,
@@ -390,14 +405,15 @@ class Supervisor:
         return replica
 
     async def _sync_adapters(self, replica: Replica, view: EndpointView) -> None:
-        """Load what the database attaches and enables; unload the rest."""
+        """Load what the database attaches and enables; unload the rest; swap in new weights (in place,
+        without a gap in service) for an adapter whose fileset changed."""
         wanted = {a.name: a for a in view.adapters}
-        for name in sorted(replica.loaded - set(wanted)):
+        for name in sorted(set(replica.loaded) - set(wanted)):
             with contextlib.suppress(EngineError):
                 await replica.client.unload_adapter(name)
-            replica.loaded.discard(name)
+            replica.loaded.pop(name, None)
         for name, want in wanted.items():
-            if name in replica.loaded:
+            if replica.loaded.get(name) == want.version:
                 continue
             try:
                 await self.load(replica, want, view.max_lora_rank)
@@ -406,12 +422,15 @@ class Supervisor:
 
     async def load(self, replica: Replica, want: AdapterWant, max_rank: int) -> None:
         path = await anyio.to_thread.run_sync(self.local_copy, want)
+        inplace = want.name in replica.loaded
         try:
-            await replica.client.load_adapter(want.name, str(path), max_rank=max_rank)
+            await replica.client.load_adapter(want.name, str(path), max_rank=max_rank, inplace=inplace)
         except EngineError as exc:
             if "already been loaded" not in exc.message:
                 raise
-        replica.loaded.add(want.name)
+        if inplace:
+            log.info("adapter reloaded", extra={"adapter": want.name, "version": want.version})
+        replica.loaded[want.name] = want.version
 
     def local_copy(self, want: AdapterWant) -> Path:
         """The adapter's files in a local cache folder of their own (atomic; once per content)."""

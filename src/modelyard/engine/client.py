@@ -87,13 +87,17 @@ class EngineClient:
     async def adapters(self) -> set[str]:
         return {m["id"] for m in await self.models() if m.get("parent")}
 
-    async def load_adapter(self, name: str, path: str, *, max_rank: int) -> None:
-        """Check the adapter's files, then ``POST /v1/load_lora_adapter``.
+    async def load_adapter(self, name: str, path: str, *, max_rank: int, inplace: bool = False) -> None:
+        """Check the adapter's files, then ``POST /v1/load_lora_adapter``; ``inplace`` swaps new
+        weights in under a loaded name (vLLM's ``load_inplace``).
 
         Raises :class:`AdapterError` (our check failed; nothing was sent) or :class:`EngineError`.
         """
         read_adapter_config(name, path, max_rank=max_rank)
-        await self._request("POST", "/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path})
+        body: dict[str, Any] = {"lora_name": name, "lora_path": path}
+        if inplace:
+            body["load_inplace"] = True
+        await self._request("POST", "/v1/load_lora_adapter", json=body)
 
     async def unload_adapter(self, name: str) -> None:
         await self._request("POST", "/v1/unload_lora_adapter", json={"lora_name": name})

@@ -118,6 +118,19 @@ class Engine:
             self._cache_weights(weights)
         log.info("adapter loaded", extra={"adapter": name, "path": path, "rank": weights.rank})
 
+    def replace_adapter(self, name: str, path: str) -> None:
+        """Load new weights under a loaded adapter's name (vLLM's ``load_inplace``). Requests already
+        running finish on the old weights; requests admitted afterwards get the new ones."""
+        weights = read_adapter(name, path, max_rank=self.max_lora_rank, layer_shapes=self.layer_shapes)
+        with self.cond:
+            if name not in self.adapters:
+                raise UnknownAdapter(name)
+            self.adapters[name] = path
+            self.retired.add(name)  # the engine thread moves the old slot aside before admitting more work
+            self._cache_weights(weights)
+            self.cond.notify()
+        log.info("adapter replaced", extra={"adapter": name, "path": path, "rank": weights.rank})
+
     def unload_adapter(self, name: str) -> None:
         """Forget an adapter. Its slot is retired by the engine thread once no running row uses it."""
         with self.cond:
@@ -189,7 +202,7 @@ class Engine:
             if slot is None:
                 continue
             if self.rows_per_slot.get(slot):
-                self.resident[f"{name}\0retired"] = slot
+                self.resident[f"{name}\0retired\0{slot}"] = slot  # unique: a name may be retired twice
             else:
                 self.bank.clear(slot)
 
@@ -321,7 +334,7 @@ class Engine:
         self.rows_per_slot[gen.slot] = max(count, 0)
         if gen.slot and count <= 0:
             name = next((n for n, s in self.resident.items() if s == gen.slot), None)
-            if name is not None and name.endswith("\0retired"):  # unloaded while it ran
+            if name is not None and "\0retired" in name:  # unloaded or replaced while it ran
                 del self.resident[name]
                 self.bank.clear(gen.slot)
 

@@ -63,6 +63,7 @@ class ChatRequest(_Sampling):
 class LoadLoraRequest(BaseModel):
     lora_name: str = Field(min_length=1)
     lora_path: str = Field(min_length=1)
+    load_inplace: bool = False
 
 
 class UnloadLoraRequest(BaseModel):
@@ -105,10 +106,16 @@ def create_engine_app(engine: Engine) -> FastAPI:
 
     @app.post("/v1/load_lora_adapter")
     async def load(body: LoadLoraRequest) -> Any:
+        replace = body.load_inplace and body.lora_name in engine.adapters
         try:
-            await run_in_threadpool(engine.load_adapter, body.lora_name, body.lora_path)
+            if replace:
+                await run_in_threadpool(engine.replace_adapter, body.lora_name, body.lora_path)
+            else:
+                await run_in_threadpool(engine.load_adapter, body.lora_name, body.lora_path)
         except AdapterError as exc:
             return error(400, str(exc))
+        except UnknownAdapter:  # unloaded while the new weights were read
+            return error(404, f"The lora adapter '{body.lora_name}' cannot be found.", "NotFoundError")
         return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' added successfully.")
 
     @app.post("/v1/unload_lora_adapter")
