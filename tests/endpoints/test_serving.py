@@ -335,3 +335,20 @@ def test_new_files_for_an_attached_adapter_are_swapped_in_without_a_gap(
     seen: list[str] = []
     wait_for(lambda: seen.append(ask(oa, "pirate")) or seen[-1] == chef, what="the new weights to serve")
     assert set(seen) <= {pirate, chef}  # every request in between was served, by old or new weights
+
+
+def test_scale_to_zero_and_back_on_demand(app: FastAPI, registry: tuple[Modelyard, Together],
+                                          settings: Settings, live_server: str) -> None:
+    _, tg = registry
+    settings.scale_down_after = 1.0
+    oa = openai.OpenAI(api_key="test", base_url=live_server + "/v1", max_retries=0, timeout=120)
+    endpoint = tg.endpoints.create(model="default/tiny", hardware="cpu",
+                                   autoscaling={"min_replicas": 0, "max_replicas": 1})
+    wait_for(lambda: tg.endpoints.retrieve(endpoint.id).state == "STARTED", what="STARTED with no replica")
+    assert tg.endpoints.retrieve(endpoint.id).model_extra["replicas"] == 0 and pids(app, endpoint.id) == []
+    tg.endpoints.adapters.add(endpoint.id, model_id=f"{endpoint.name}:pirate")
+    first = ask(oa, "pirate")  # held by the gateway while a replica starts, then served
+    assert len(pids(app, endpoint.id)) == 1
+    wait_for(lambda: pids(app, endpoint.id) == [], what="scale back to zero when idle")
+    assert tg.endpoints.retrieve(endpoint.id).state == "STARTED"
+    assert ask(oa, "pirate") == first

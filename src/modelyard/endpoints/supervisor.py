@@ -3,8 +3,9 @@
 One asyncio task per server wakes on every change (and every ``supervisor_interval`` seconds),
 reads the endpoints and their attached adapters, and reconciles each endpoint in its own task:
 
-* STARTED: keep between ``min_replicas`` (at least one) and ``max_replicas`` replicas, scaling on
-  requests in flight per replica; start each on a free port, wait for ``/health``, load the
+* STARTED: keep between ``min_replicas`` and ``max_replicas`` replicas, scaling on requests in
+  flight per replica (with ``min_replicas`` 0 the last replica stops when idle and the gateway holds
+  the next request until one is up again); start each on a free port, wait for ``/health``, load the
   endpoint's enabled attached adapters, and only then count it (PENDING → STARTING → STARTED);
 * a replica that dies is replaced after a back-off; after ``engine_max_failures`` failures in a row
   the endpoint goes to ERROR with the reason in ``error``;
@@ -102,6 +103,8 @@ class Runtime:
     last_failure: float = 0.0
     busy_since: float = field(default_factory=time.monotonic)
     last_request: float = field(default_factory=time.monotonic)
+    waiting: int = 0  # requests held by the gateway until a replica of an endpoint scaled to zero is up
+    recorded_pids: list[int] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
     serial: int = 0
 
@@ -324,7 +327,8 @@ class Supervisor:
             if now < runtime.retry_at:
                 self._wake_at(runtime.retry_at)
                 return
-            if not runtime.replicas and view.state != "STARTING":
+            scaling_from_zero = view.min_replicas == 0 and view.state == "STARTED"
+            if not runtime.replicas and view.state != "STARTING" and not scaling_from_zero:
                 await self._set_state(runtime, view, "STARTING")
             try:
                 replica = await self._spawn(runtime, view)
@@ -346,12 +350,14 @@ class Supervisor:
                 await self._stop_replica(idle)
         for replica in runtime.replicas:
             await self._sync_adapters(replica, view)
-        if runtime.replicas:
-            pids = [r.process.pid for r in runtime.replicas]
+        if runtime.replicas or target == 0:  # target 0: scaled to zero, still STARTED (starts on demand)
+            pids = [r.process.pid for r in runtime.replicas if r.process.pid is not None]
             if view.state != "STARTED":
                 await self._set_state(runtime, view, "STARTED")
-            else:
+                runtime.recorded_pids = pids
+            elif pids != runtime.recorded_pids:
                 await anyio.to_thread.run_sync(lambda: self._write_state(view.id, "STARTED", None, pids))
+                runtime.recorded_pids = pids
 
     def _failed(self, runtime: Runtime, now: float) -> None:
         runtime.failures += 1
@@ -363,11 +369,14 @@ class Supervisor:
         loop.call_later(max(when - time.monotonic(), 0.0), self._wake.set)
 
     def _target(self, runtime: Runtime, view: EndpointView, now: float) -> int:
-        low = max(view.min_replicas, 1)
-        high = max(view.max_replicas, low)
+        """Replicas wanted now: enough for the requests in flight (and those waiting for an endpoint
+        scaled to zero), within min..max, scaling in only after a quiet spell."""
+        low = max(view.min_replicas, 0)
+        high = max(view.max_replicas, low, 1)
         current = len(runtime.replicas)
-        want = math.ceil(runtime.in_flight / max(self.settings.replica_target_in_flight, 1))
-        if runtime.in_flight:
+        demand = runtime.in_flight + runtime.waiting
+        want = math.ceil(demand / max(self.settings.replica_target_in_flight, 1))
+        if demand:
             runtime.busy_since = now
         if want < current and now - runtime.busy_since < self.settings.scale_down_after:
             want = current  # scale in only after a quiet spell

@@ -22,6 +22,7 @@ class Target:
     endpoint_name: str
     state: str
     engine_model: str
+    scales_to_zero: bool = False
 
 
 def not_found(model: str) -> ApiError:
@@ -46,7 +47,7 @@ def _bound(session: Session, workspace: str, adapter_name: str, endpoint: tables
     if row is None:
         return None
     _, bound_to = row
-    return Target(bound_to.id, bound_to.name, bound_to.state, adapter_name)
+    return Target(bound_to.id, bound_to.name, bound_to.state, adapter_name, bound_to.min_replicas == 0)
 
 
 def resolve(session: Session, workspace: str, model: str) -> Target:
@@ -61,7 +62,7 @@ def resolve(session: Session, workspace: str, model: str) -> Target:
         return target
     endpoint = session.scalar(select(tables.Endpoint).where(tables.Endpoint.name == model))
     if _visible(endpoint, workspace):
-        return Target(endpoint.id, endpoint.name, endpoint.state, endpoint.name)
+        return Target(endpoint.id, endpoint.name, endpoint.state, endpoint.name, endpoint.min_replicas == 0)
     target = _bound(session, workspace, model)
     if target is None and model.count("/") == 1:
         adapter_ws, _, adapter_name = model.partition("/")

@@ -8,6 +8,7 @@ arrive (never buffered), with ``model`` rewritten to what the client asked for.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -18,7 +19,7 @@ from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from modelyard.endpoints.service import in_db
-from modelyard.endpoints.supervisor import Replica, Supervisor
+from modelyard.endpoints.supervisor import Replica, Runtime, Supervisor
 from modelyard.engine.client import EngineError
 from modelyard.errors import ApiError
 from modelyard.gateway.resolver import Target, callable_models, resolve
@@ -83,6 +84,9 @@ async def _proxy(request: Request, workspace: str, path: str) -> Response:
     target = await _resolve(request, supervisor, workspace, requested)
     runtime = supervisor.runtimes.get(target.endpoint_id)
     replica = runtime.pick() if runtime is not None else None
+    if replica is None and target.state == "STARTED" and target.scales_to_zero:
+        runtime = supervisor.runtime(target.endpoint_id)
+        replica = await _wait_for_replica(supervisor, runtime)
     if target.state != "STARTED" or replica is None:
         raise ApiError(503, f"endpoint '{target.endpoint_name}' is {target.state} and cannot serve requests "
                             "yet; retry shortly", code="endpoint_not_ready", kind="service_unavailable",
@@ -117,6 +121,22 @@ async def _proxy(request: Request, workspace: str, path: str) -> Response:
                         media_type=upstream.headers.get("content-type", "application/json"))
     return StreamingResponse(_relay(upstream, replica, requested), status_code=upstream.status_code,
                              media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+async def _wait_for_replica(supervisor: Supervisor, runtime: Runtime) -> Replica | None:
+    """Hold a request for an endpoint scaled to zero while the supervisor starts a replica."""
+    runtime.waiting += 1
+    supervisor.wake()
+    deadline = time.monotonic() + supervisor.settings.engine_start_timeout
+    try:
+        while time.monotonic() < deadline:
+            replica = runtime.pick()
+            if replica is not None:
+                return replica
+            await asyncio.sleep(0.1)
+        return None
+    finally:
+        runtime.waiting -= 1
 
 
 async def _relay(upstream: httpx.Response, replica: Replica, model: str) -> AsyncIterator[bytes]:
