@@ -395,7 +395,7 @@ def upload_dir(
     """Upload every file of ``folder`` to fileset ``workspace/name`` (created if needed). Files whose
     sha256 already matches the server's are skipped; a failed file is retried ``retries`` times.
     ``on_start`` gets the total bytes to send, ``progress`` each chunk's size."""
-    from modelyard.client.errors import ConflictError
+    from modelyard.client.errors import ConflictError, InternalServerError
 
     try:
         client.filesets.create(workspace, name=name)
@@ -423,7 +423,7 @@ def upload_dir(
             try:
                 client.filesets.upload_file(workspace, name, rel, path, sha256=digest, progress=count)
                 break
-            except (APIConnectionError, httpx.TransportError):
+            except (APIConnectionError, httpx.TransportError, InternalServerError):  # worth another try
                 if progress and sent:
                     progress(-sent)  # this file starts again
                 if attempt == retries:
