@@ -123,3 +123,12 @@ def test_a_fileset_in_use_cannot_be_deleted(client: Modelyard) -> None:
         client.filesets.delete("default", "ckpt")
     client.models.delete("default", "m1")
     client.filesets.delete("default", "ckpt")
+
+
+def test_a_file_missing_from_storage_is_a_clear_502(client: Modelyard, settings: Settings) -> None:
+    client.filesets.create("default", name="files")
+    client.filesets.upload_file("default", "files", "a.bin", b"abc")
+    (fileset_dir(settings.home, "default/files") / "a.bin").unlink()  # removed behind the server's back
+    with pytest.raises(Exception) as err:
+        client.request("GET", f"{FS}/files/-/a.bin")
+    assert err.value.status_code == 502 and "missing from its storage" in str(err.value)

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from modelyard.db.session import SessionDep
+from modelyard.errors import StorageUnavailable
 from modelyard.filesets import service, store
 from modelyard.filesets.schemas import (
     CreateFilesetRequest,
@@ -76,6 +77,9 @@ async def download_file(workspace: str, name: str, path: str, request: Request) 
     """Download a file; ``Range: bytes=a-b`` gives 206 with that part (how interrupted downloads resume)."""
     state = request.app.state
     located, item = await service.file_info(state.db, state.settings, workspace, name, path)
+    # reach the storage before the 200 goes out, so an unreachable bucket is a clear 502, not a cut stream
+    if not await service.storage_run(located.store.exists, path):
+        raise StorageUnavailable(f"file '{path}' is listed in fileset '{workspace}/{name}' but missing from its storage")
     if request.headers.get("if-none-match") == f'"{item.sha256}"':
         return Response(status_code=304, headers={"ETag": f'"{item.sha256}"'})
     span = service.parse_range(request.headers.get("range"), item.size) if item.size else None
