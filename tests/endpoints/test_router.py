@@ -157,24 +157,3 @@ def test_disabled_adapter_cannot_be_attached(registry: tuple[Modelyard, Together
     ours.adapters.update("default", "chef", enabled=False)
     with pytest.raises(together.BadRequestError, match="disabled"):
         tg.endpoints.adapters.add(endpoint.id, model_id=f"{endpoint.name}:chef")
-
-
-def test_unknown_model_through_the_gateway_is_404(registry: tuple[Modelyard, Together]) -> None:
-    ours, _ = registry
-    response = ours._http.post(ours.base_url + "/v1/chat/completions",
-                               json={"model": "ghost", "messages": [{"role": "user", "content": "hi"}]})
-    assert response.status_code == 404
-    assert response.json() == {"error": {"message": "The model `ghost` does not exist.",
-                                         "type": "invalid_request_error", "code": "model_not_found"}}
-
-
-def test_stopped_endpoint_answers_503_with_retry_after(registry: tuple[Modelyard, Together]) -> None:
-    ours, tg = registry
-    endpoint = _stopped(tg)
-    tg.endpoints.adapters.add(endpoint.id, model_id=f"{endpoint.name}:pirate")
-    for model in ("pirate", f"{endpoint.name}:pirate", endpoint.name):
-        response = ours._http.post(ours.base_url + "/v1/completions", json={"model": model, "prompt": "hi"})
-        assert response.status_code == 503 and response.headers["retry-after"] == "5", model
-        assert response.json()["error"]["code"] == "endpoint_not_ready"
-    models = ours._http.get(ours.base_url + "/v1/models").json()["data"]
-    assert {(m["id"], m["parent"]) for m in models} == {(endpoint.name, None), ("pirate", endpoint.name)}
