@@ -4,7 +4,8 @@ from modelyard.client import Modelyard
 
 def test_health(client: Modelyard, database_url: str) -> None:
     health = client.health()
-    assert health == {"status": "ok", "version": __version__, "database": database_url.split(":")[0].split("+")[0]}
+    assert health == {"status": "ok", "version": __version__, "database": database_url.split(":")[0].split("+")[0],
+                      "engines": {"endpoints": 0, "replicas": 0, "requests_in_flight": 0}}
 
 
 def test_unknown_route_is_404_json(client: Modelyard) -> None:

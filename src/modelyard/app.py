@@ -134,9 +134,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def health(request: Request) -> JSONResponse:
         db: Database = request.app.state.db
         ok = db.ping()
-        body = {"status": "ok" if ok else "error", "version": __version__, "database": db.backend}
+        body: dict[str, Any] = {"status": "ok" if ok else "error", "version": __version__, "database": db.backend}
         if not ok:
             body["detail"] = "database is not reachable"
+        supervisor: Supervisor | None = getattr(request.app.state, "supervisor", None)
+        if supervisor is not None:  # what this server runs right now (no database read)
+            body["engines"] = {
+                "endpoints": len(supervisor.runtimes),
+                "replicas": sum(1 for rt in supervisor.runtimes.values() for r in rt.replicas if r.process.alive()),
+                "requests_in_flight": sum(rt.in_flight for rt in supervisor.runtimes.values()),
+            }
         return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.exception_handler(ServiceError)

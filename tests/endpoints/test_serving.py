@@ -71,6 +71,8 @@ def test_attach_route_stream_and_detach_with_the_official_sdks(registry: tuple[M
     oa = openai.OpenAI(api_key="test", base_url=live_server + "/v1", max_retries=0)
     endpoint = start_endpoint(tg)
     base = ask(oa, endpoint.name)
+    assert httpx.get(live_server + "/health").json()["engines"] == {"endpoints": 1, "replicas": 1,
+                                                                   "requests_in_flight": 0}
 
     tg.endpoints.adapters.add(endpoint.id, model_id=f"{endpoint.name}:pirate")
     tg.endpoints.adapters.add(endpoint.id, model_id=f"{endpoint.name}:chef")
