@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,16 +24,12 @@ from contextlib import contextmanager
 
 import httpx
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from modelyard.engine.process import free_port
 
 
 @contextmanager
 def own_server(database_url: str | None) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     with tempfile.TemporaryDirectory(prefix="modelyard-bench-") as home:
         env = {**os.environ, "MODELYARD_HOME": home, "MODELYARD_LOG_LEVEL": "WARNING"}
         if database_url:

@@ -8,7 +8,6 @@ one-replica endpoint and waits until it is STARTED.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ from modelyard.client import Modelyard
 from modelyard.client.client import upload_dir
 from modelyard.endpoints.schemas import Endpoint
 from modelyard.engine.fixtures import build_fixture_set
+from modelyard.engine.process import free_port
 
 TRAINED = ("pirate", "chef", "space")
 
@@ -52,19 +52,13 @@ class Stack:
         return f"http://127.0.0.1:{int(argv[argv.index(b'--port') + 1])}"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextmanager
 def serving_stack(adapters: int = 3, max_loras: int = 4) -> Iterator[Stack]:
     with tempfile.TemporaryDirectory(prefix="modelyard-bench-") as tmp:
         home = Path(tmp) / "home"
         built = build_fixture_set(Path(tmp) / "fixtures", adapters=TRAINED)
         names = [f"adapter-{i:02d}" for i in range(adapters)]
-        port = _free_port()
+        port = free_port()
         env = {**os.environ, "MODELYARD_HOME": str(home), "MODELYARD_LOG_LEVEL": "WARNING",
                "MODELYARD_SUPERVISOR_INTERVAL": "0.5"}
         env.pop("MODELYARD_DATABASE_URL", None)

@@ -13,9 +13,10 @@ the bound wait without holding a thread.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Annotated
+from collections.abc import Callable, Iterator
+from typing import Annotated, TypeVar
 
+import anyio
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
@@ -26,6 +27,20 @@ def get_session(request: Request) -> Iterator[Session]:
     db: Database = request.app.state.db
     with db.session(write=request.method not in ("GET", "HEAD")) as session:
         yield session
+
+
+T = TypeVar("T")
+
+
+async def in_db(db: Database, fn: Callable[[Session], T], *, write: bool = False) -> T:
+    """Run ``fn`` in one short transaction on a worker thread: for async routes that must not hold a
+    transaction (or the SQLite write lock) open while they wait on an engine or a request body."""
+
+    def work() -> T:
+        with db.session(write=write) as session:
+            return fn(session)
+
+    return await anyio.to_thread.run_sync(work)
 
 
 SessionDep = Annotated[Session, Depends(get_session, scope="function", max_concurrency=MAX_SESSIONS)]

@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
 
+from modelyard.db.session import in_db
 from modelyard.endpoints import service
 from modelyard.endpoints.schemas import (
     AdapterModelId,
@@ -17,7 +18,6 @@ from modelyard.endpoints.schemas import (
     HardwareList,
     UpdateEndpointRequest,
 )
-from modelyard.endpoints.service import in_db
 
 router = APIRouter(prefix="/v1", tags=["endpoints"])
 

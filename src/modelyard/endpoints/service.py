@@ -10,7 +10,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TypeVar
 
@@ -20,6 +19,7 @@ from sqlalchemy.orm import Session
 from modelyard.config import Settings
 from modelyard.db import tables
 from modelyard.db.engine import Database, utcnow
+from modelyard.db.session import in_db
 from modelyard.endpoints import store
 from modelyard.endpoints.schemas import (
     AdapterRemoved,
@@ -36,7 +36,7 @@ from modelyard.endpoints.schemas import (
     HardwareSpecs,
     UpdateEndpointRequest,
 )
-from modelyard.endpoints.supervisor import AdapterWant, Supervisor, adapter_wants
+from modelyard.endpoints.supervisor import AdapterWant, Replica, Supervisor, adapter_wants
 from modelyard.engine.adapter_files import read_adapter_config
 from modelyard.engine.client import AdapterError, EngineError
 from modelyard.errors import ApiError
@@ -57,16 +57,6 @@ BOUND_ELSEWHERE = "adapter is already bound to endpoint"
 NOT_BOUND = "adapter is not bound to endpoint"
 NOT_DEDICATED = "new_lora_model must be a dedicated endpoint"
 PUBLIC = "new_lora_model cannot be a public dedicated endpoint"
-
-
-async def in_db(db: Database, fn: Callable[[Session], T], *, write: bool = False) -> T:
-    """Run ``fn`` in one transaction on a worker thread."""
-
-    def work() -> T:
-        with db.session(write=write) as session:
-            return fn(session)
-
-    return await anyio.to_thread.run_sync(work)
 
 
 # ----- hardware --------------------------------------------------------------------------------
@@ -288,7 +278,7 @@ async def attach(db: Database, supervisor: Supervisor, workspace: str, endpoint_
     return f"{endpoint.name}:{adapter.name}"
 
 
-async def _unload(replicas: list, name: str) -> None:
+async def _unload(replicas: list[Replica], name: str) -> None:
     for replica in replicas:
         try:
             await replica.client.unload_adapter(name)

@@ -29,6 +29,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import anyio
 from sqlalchemy import select
@@ -129,6 +130,8 @@ class Supervisor:
         self._stopping = False
         self.generation = 0
         """Bumped on every change that can alter routing; the gateway's name cache keys on it."""
+        self.route_cache: dict[tuple[int, str, str], tuple[float, Any]] = {}
+        """The gateway's model-name cache for this server (see gateway/router.py)."""
 
     # ----- lifecycle -----------------------------------------------------------------------------
 

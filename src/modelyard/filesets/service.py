@@ -26,6 +26,7 @@ from starlette.requests import ClientDisconnect, Request
 from modelyard.config import Settings
 from modelyard.db import tables
 from modelyard.db.engine import Database, new_id, utcnow
+from modelyard.db.session import in_db
 from modelyard.errors import (
     Conflict,
     InvalidRequest,
@@ -186,14 +187,6 @@ def _expected_digest(request: Request) -> str | None:
     return None
 
 
-async def _in_db(db: Database, fn: Any, *, write: bool = False) -> Any:
-    def work() -> Any:
-        with db.session(write=write) as session:
-            return fn(session)
-
-    return await anyio.to_thread.run_sync(work)
-
-
 @dataclass
 class Located:
     row: tables.Fileset
@@ -205,7 +198,7 @@ async def locate(db: Database, settings: Settings, workspace: str, name: str) ->
         workspace_store.require(session, workspace)
         return store.get(session, workspace, name)
 
-    row = await _in_db(db, find)
+    row = await in_db(db, find)
     return Located(row, file_store(settings, row))
 
 
@@ -264,14 +257,14 @@ async def upload(db: Database, settings: Settings, workspace: str, name: str, pa
         session.flush()
         return item
 
-    item = await _in_db(db, record, write=True)
+    item = await in_db(db, record, write=True)
     return entry(located.row, item)
 
 
 async def file_info(db: Database, settings: Settings, workspace: str, name: str, path: str) -> tuple[Located, tables.FilesetFile]:
     check_path(path)
     located = await locate(db, settings, workspace, name)
-    item = await _in_db(db, lambda s: store.file(s, located.row.id, path))
+    item = await in_db(db, lambda s: store.file(s, located.row.id, path))
     if item is None:
         raise NotFound(f"File '{path}' not found in fileset '{workspace}/{name}'")
     return located, item
@@ -297,7 +290,7 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
 
 async def list_files(db: Database, settings: Settings, workspace: str, name: str, path: str | None) -> FileList:
     located = await locate(db, settings, workspace, name)
-    items = await _in_db(db, lambda s: store.files(s, located.row.id, path))
+    items = await in_db(db, lambda s: store.files(s, located.row.id, path))
     return FileList(data=[entry(located.row, i) for i in items])
 
 
@@ -311,7 +304,7 @@ async def delete_file(db: Database, settings: Settings, workspace: str, name: st
         session.flush()
         storage_call(located.store.delete, path)  # inside the transaction: if storage fails, the row stays
 
-    await _in_db(db, forget, write=True)
+    await in_db(db, forget, write=True)
 
 
 # ----- for other domains: does a fileset exist, and where are its files locally ---------------------

@@ -18,7 +18,7 @@ import httpx
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from modelyard.endpoints.service import in_db
+from modelyard.db.session import in_db
 from modelyard.endpoints.supervisor import Replica, Runtime, Supervisor
 from modelyard.engine.client import EngineError
 from modelyard.errors import ApiError
@@ -45,21 +45,21 @@ async def _body(request: Request) -> dict[str, Any]:
 
 
 _CACHE_TTL_S = 1.0
-_cache: dict[tuple[int, str, str], tuple[float, Target]] = {}
 
 
 async def _resolve(request: Request, supervisor: Supervisor, workspace: str, model: str) -> Target:
     """Resolve through a small cache: valid while nothing changed in this server (``generation``) and
     for at most a second, so changes made by another server process are seen promptly too."""
+    cache = supervisor.route_cache
     key = (supervisor.generation, workspace, model)
-    hit = _cache.get(key)
+    hit = cache.get(key)
     now = time.monotonic()
     if hit is not None and hit[0] > now:
         return hit[1]
     target = await in_db(request.app.state.db, lambda s: resolve(s, workspace, model))
-    if len(_cache) > 10_000:
-        _cache.clear()
-    _cache[key] = (now + _CACHE_TTL_S, target)
+    if len(cache) > 10_000:
+        cache.clear()
+    cache[key] = (now + _CACHE_TTL_S, target)
     return target
 
 

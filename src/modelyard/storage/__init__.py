@@ -30,10 +30,6 @@ class FilesetMissing(LookupError):
     """The fileset has no files where they should be; the message names it."""
 
 
-class StorageError(RuntimeError):
-    """The storage backend failed (unreachable bucket, bad credentials...); the message says how."""
-
-
 def fileset_dir(home: Path, reference: str) -> Path:
     """The local folder of fileset ``ws/name`` on local storage."""
     workspace, _, name = reference.partition("/")
@@ -168,15 +164,6 @@ def open_store(home: Path, workspace: str, name: str, storage: dict[str, Any] | 
 
 def _files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(TMP_PREFIX))
-
-
-def require_files(home: Path, reference: str) -> Path:
-    folder = fileset_dir(home, reference)
-    if not folder.is_dir():
-        raise FilesetMissing(f"Fileset '{reference}' has no files on this server (expected {folder})")
-    if not _files(folder):
-        raise FilesetMissing(f"Fileset '{reference}' exists but is empty")
-    return folder
 
 
 def fingerprint(entries: list[tuple[str, int, str]]) -> str:
