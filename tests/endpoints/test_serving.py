@@ -175,12 +175,15 @@ def test_a_killed_replica_is_replaced_and_serves_the_same_adapters(app: FastAPI,
 
 
 def test_hot_swap_while_requests_flow(app: FastAPI, registry: tuple[Modelyard, Together], live_server: str) -> None:
-    _, tg = registry
+    """Attach, detach and disable adapters (one that is serving, one that has served) while the base
+    model streams a long answer and other adapters keep answering: no request fails."""
+    ours, tg = registry
     oa = openai.OpenAI(api_key="test", base_url=live_server + "/v1", max_retries=0)
     endpoint = start_endpoint(tg)
-    tg.endpoints.adapters.add(endpoint.id, model_id=f"{endpoint.name}:pirate")
-    tg.endpoints.adapters.add(endpoint.id, model_id=f"{endpoint.name}:space")
+    for name in ("pirate", "space", "chef"):
+        tg.endpoints.adapters.add(endpoint.id, model_id=f"{endpoint.name}:{name}")
     expected = ask(oa, "pirate")
+    ask(oa, "chef")  # chef has served: its weights sit in an engine slot
     results: list[str] = []
     errors: list[BaseException] = []
     stop = threading.Event()
@@ -192,19 +195,44 @@ def test_hot_swap_while_requests_flow(app: FastAPI, registry: tuple[Modelyard, T
             except BaseException as exc:  # noqa: BLE001 - collected and asserted below
                 errors.append(exc)
 
+    def long_stream(model: str, out: list[tuple[str, str | None]]) -> None:
+        try:
+            stream = oa.chat.completions.create(model=model, messages=PROMPT, max_tokens=300, temperature=0,
+                                                stream=True)
+            text, reason = "", None
+            for chunk in stream:
+                if chunk.choices:
+                    text += chunk.choices[0].delta.content or ""
+                    reason = chunk.choices[0].finish_reason or reason
+            out.append((text, reason))
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    base_out: list[tuple[str, str | None]] = []
+    space_out: list[tuple[str, str | None]] = []
+    streams = [threading.Thread(target=long_stream, args=(endpoint.name, base_out)),
+               threading.Thread(target=long_stream, args=("space", space_out))]
     worker = threading.Thread(target=stream_of_requests)
     worker.start()
+    for thread in streams:
+        thread.start()
     try:
         wait_for(lambda: len(results) >= 2, what="requests flowing")
-        tg.endpoints.adapters.add(endpoint.id, model_id=f"{endpoint.name}:chef")  # attach B
-        tg.endpoints.adapters.remove(endpoint.id, model_id=f"{endpoint.name}:space")  # detach C
+        tg.endpoints.adapters.remove(endpoint.id, model_id=f"{endpoint.name}:chef")  # has served
+        ours.adapters.update("default", "space", enabled=False)  # is serving right now
+        tg.endpoints.adapters.add(endpoint.id, model_id=f"{endpoint.name}:chef")  # and back again
         count = len(results)
         wait_for(lambda: len(results) >= count + 2, what="more requests after the swap")
     finally:
         stop.set()
-        worker.join(30)
+        worker.join(60)
+        for thread in streams:
+            thread.join(120)
     assert errors == [] and set(results) == {expected}
+    assert [reason for _, reason in base_out + space_out] == ["length", "length"]
     assert ask(oa, "chef") != expected
+    with pytest.raises(openai.NotFoundError):
+        ask(oa, "space")
 
 
 def test_stop_and_start_again(app: FastAPI, registry: tuple[Modelyard, Together], live_server: str) -> None:

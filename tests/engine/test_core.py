@@ -179,3 +179,30 @@ def test_sampling_parameters(engine: Engine) -> None:
     assert "".join(v for k, v in stopped.events if k == "text") == stopped.text
     limited = run(engine, "Tell me about", "pirate", max_tokens=5)
     assert limited.finish_reason == "length" and limited.completion_tokens == 5
+
+
+@pytest.mark.parametrize("how", ["unload", "replace"])
+def test_unloading_an_adapter_that_served_never_breaks_running_requests(
+    engine: Engine, fixture_models: dict[str, Path], how: str
+) -> None:
+    """Regression: the slot of an adapter that had served was cleared in place on an inference
+    tensor, which raised in the engine thread and failed every running request, base included."""
+    base_alone = run(engine, "Tell me about", None, max_tokens=80).output_ids
+    pirate_alone = run(engine, "The chef", "pirate", max_tokens=80).output_ids
+    assert run(engine, "Stars and", "chef").finish_reason == "length"  # chef has served: its slot is filled
+    base = generate(engine, "Tell me about", None, max_tokens=80)
+    pirate = generate(engine, "The chef", "pirate", max_tokens=80)
+    assert wait_until(lambda: len(base.output_ids) > 2 and len(pirate.output_ids) > 2)
+    if how == "unload":
+        engine.unload_adapter("chef")
+    else:
+        engine.replace_adapter("chef", str(fixture_models["space"]))
+    for gen in (base, pirate):
+        assert gen.done.wait(60)
+        assert [e for e in gen.events if e[0] == "error"] == []  # type: ignore[attr-defined]
+    assert base.output_ids == base_alone and pirate.output_ids == pirate_alone
+    if how == "replace":  # the new weights answer under the old name
+        assert run(engine, "Stars and", "chef").output_ids == run(engine, "Stars and", "space").output_ids
+    # the freed slot is reused cleanly by the next adapter load
+    engine.load_adapter("late", str(fixture_models["space"]))
+    assert run(engine, "Stars and", "late").output_ids == run(engine, "Stars and", "space").output_ids

@@ -181,8 +181,8 @@ class Engine:
                 self.pending.clear()
                 retired, self.retired = self.retired, set()
             try:
-                self._retire(retired)
                 with torch.inference_mode():
+                    self._retire(retired)
                     self._admit(incoming)
                     if self.running:
                         self._decode_step()

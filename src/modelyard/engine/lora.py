@@ -172,23 +172,30 @@ class BatchedLoraLinear(nn.Module):
             in_features, out_features = base.in_features, base.out_features
         else:  # Conv1D
             in_features, out_features = base.weight.shape
-        self.a = torch.zeros(bank.slots, in_features, bank.max_rank)
-        self.b = torch.zeros(bank.slots, bank.max_rank, out_features)
-        self.active = torch.zeros(bank.slots, dtype=torch.bool)
+        # The bank changes while the engine serves (loads, unloads, swaps), so it must never be an
+        # inference tensor, whatever mode the caller is in: those refuse in-place updates outside
+        # inference mode. Every write below runs with autograd and inference mode off.
+        with torch.inference_mode(False), torch.no_grad():
+            self.a = torch.zeros(bank.slots, in_features, bank.max_rank)
+            self.b = torch.zeros(bank.slots, bank.max_rank, out_features)
+            self.active = torch.zeros(bank.slots, dtype=torch.bool)
         self._gathered: tuple[int, torch.Tensor, torch.Tensor] | None = None
 
     def fill(self, slot: int, a: torch.Tensor, b: torch.Tensor, scale: float) -> None:
         r = a.shape[0]
-        self.a[slot].zero_()
-        self.b[slot].zero_()
-        self.a[slot, :, :r] = a.t()
-        self.b[slot, :r, :] = b.t() * scale
-        self.active[slot] = True
+        with torch.inference_mode(False), torch.no_grad():
+            # a and b may be inference tensors (read under inference mode): copy their values only
+            self.a[slot].zero_()
+            self.b[slot].zero_()
+            self.a[slot, :, :r].copy_(a.t())
+            self.b[slot, :r, :].copy_(b.t() * scale)
+            self.active[slot] = True
 
     def clear(self, slot: int) -> None:
-        self.a[slot].zero_()
-        self.b[slot].zero_()
-        self.active[slot] = False
+        with torch.inference_mode(False), torch.no_grad():
+            self.a[slot].zero_()
+            self.b[slot].zero_()
+            self.active[slot] = False
 
     def _weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         bank = self.bank
