@@ -36,11 +36,29 @@ class UnknownAdapter(KeyError):
 
 @dataclass
 class SamplingParams:
+    """What a request asks of the sampler; every field is honoured (the server refuses what is not).
+
+    Penalties follow the OpenAI/vLLM definitions: ``presence_penalty`` and ``frequency_penalty``
+    subtract from the logits of tokens already generated (once, and per occurrence);
+    ``repetition_penalty`` divides positive (multiplies negative) logits of tokens seen in the
+    prompt or the output; ``logit_bias`` adds to chosen token ids. They apply to greedy decoding too.
+    """
+
     max_tokens: int = 16
     temperature: float = 1.0
     top_p: float = 1.0
+    top_k: int = 0  # 0: no limit
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def shapes_logits(self) -> bool:
+        return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0
+                    or self.logit_bias)
 
 
 @dataclass
@@ -80,6 +98,7 @@ class Engine:
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self.model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32).eval()
         self.max_context = int(getattr(self.model.config, "max_position_embeddings", 2048) or 2048)
+        self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0])  # logits per position
         self.max_loras = max_loras
         self.max_cpu_loras = max(max_cpu_loras if max_cpu_loras is not None else max_loras, max_loras)
         self.max_lora_rank = max_lora_rank
@@ -298,7 +317,7 @@ class Engine:
 
     def _advance(self, gen: Generation, logits: torch.Tensor) -> bool:
         """Sample one token for ``gen``, emit new text; True when the request is finished."""
-        token = _sample(logits, gen.params, gen.generator)
+        token = _sample(logits, gen)
         eos = self.tokenizer.eos_token_id
         if token == eos:
             return self._finish(gen, "stop")
@@ -378,14 +397,36 @@ def _left_pad(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:
     return F.pad(tensor, pad)
 
 
-def _sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
+def _penalised(logits: torch.Tensor, gen: Generation) -> torch.Tensor:
+    params = gen.params
+    logits = logits.float().clone()
+    if (params.presence_penalty or params.frequency_penalty) and gen.output_ids:
+        ids, counts = torch.tensor(gen.output_ids).unique(return_counts=True)
+        logits[ids] -= params.presence_penalty + params.frequency_penalty * counts.float()
+    if params.repetition_penalty != 1.0:
+        seen = torch.tensor(gen.prompt_ids + gen.output_ids).unique()
+        values = logits[seen]
+        logits[seen] = torch.where(values > 0, values / params.repetition_penalty,
+                                   values * params.repetition_penalty)
+    for token, bias in params.logit_bias.items():
+        logits[token] += bias
+    return logits
+
+
+def _sample(logits: torch.Tensor, gen: Generation) -> int:
+    params = gen.params
+    if params.shapes_logits:
+        logits = _penalised(logits, gen)
     if params.temperature <= 0:
         return int(torch.argmax(logits))
-    probs = torch.softmax(logits.float() / params.temperature, dim=-1)
+    logits = logits.float() / params.temperature
+    if 0 < params.top_k < logits.shape[-1]:
+        threshold = torch.topk(logits, params.top_k).values[-1]
+        logits = logits.masked_fill(logits < threshold, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
     if params.top_p < 1.0:
         ordered, order = torch.sort(probs, descending=True)
         keep = torch.cumsum(ordered, dim=-1) - ordered < params.top_p
         keep[0] = True
         probs = torch.zeros_like(probs).scatter(0, order[keep], ordered[keep])
-    return int(torch.multinomial(probs / probs.sum(), 1, generator=generator))
-
+    return int(torch.multinomial(probs / probs.sum(), 1, generator=gen.generator))

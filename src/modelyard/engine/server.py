@@ -25,24 +25,103 @@ from modelyard.engine.core import Engine, Generation, SamplingParams, UnknownAda
 from modelyard.engine.lora import AdapterError
 
 
+class ParameterError(ValueError):
+    """A request parameter the engine cannot honour: a 400 naming it, never a silent no-op."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+# Accepted and without effect on the output by definition (metadata for the caller's own records).
+_NO_OP_FIELDS = {"user", "metadata", "store", "service_tier", "stream_options"}
+# Known OpenAI/vLLM parameters this engine does not implement: refused with a 400 that names them.
+_UNSUPPORTED = {
+    "logprobs": "logprobs are not supported by the built-in engine (run the endpoint on vLLM for them)",
+    "top_logprobs": "logprobs are not supported by the built-in engine (run the endpoint on vLLM for them)",
+    "prompt_logprobs": "logprobs are not supported by the built-in engine (run the endpoint on vLLM for them)",
+    "tools": "tool calling is not supported by the built-in engine",
+    "tool_choice": "tool calling is not supported by the built-in engine",
+    "functions": "function calling is not supported by the built-in engine",
+    "function_call": "function calling is not supported by the built-in engine",
+    "echo": "echo is not supported by the built-in engine",
+    "suffix": "suffix is not supported by the built-in engine",
+    "guided_json": "guided decoding is not supported by the built-in engine",
+    "guided_regex": "guided decoding is not supported by the built-in engine",
+    "guided_choice": "guided decoding is not supported by the built-in engine",
+    "structured_outputs": "structured outputs are not supported by the built-in engine",
+}
+
+
+def _is_off(name: str, value: Any) -> bool:
+    """Values that ask for nothing (``logprobs: false``, ``tools: []``, ``tool_choice: "none"``)."""
+    return value is None or value is False or value == [] or value == "none" or (name == "top_logprobs" and value == 0)
+
+
 class _Sampling(BaseModel):
-    model_config = ConfigDict(extra="allow")  # OpenAI clients send fields we ignore (n=1, user, ...)
+    """The sampling parameters of the OpenAI API (and vLLM's ``top_k``/``repetition_penalty``).
+    Every parameter is either honoured or refused with a 400 naming it; unset ones fall back to the
+    checkpoint's ``generation_config.json`` defaults, as vLLM does."""
+
+    model_config = ConfigDict(extra="allow")
 
     model: str
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float = Field(default=1.0, ge=0, le=2)
-    top_p: float = Field(default=1.0, gt=0, le=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    top_k: int | None = Field(default=None, ge=-1)
+    n: int = Field(default=1, ge=1, le=16)
+    best_of: int | None = Field(default=None, ge=1)
     stop: str | list[str] | None = None
     seed: int | None = None
+    presence_penalty: float = Field(default=0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
+    repetition_penalty: float | None = Field(default=None, gt=0, le=10)
+    logit_bias: dict[str, float] | None = None
+    response_format: dict[str, Any] | None = None
     stream: bool = False
     stream_options: dict[str, Any] | None = None
 
-    def params(self) -> SamplingParams:
+    def check(self, vocab_size: int) -> None:
+        """Refuse what the engine would otherwise ignore."""
+        for name, value in (self.model_extra or {}).items():
+            if name in _NO_OP_FIELDS:
+                continue
+            if name in _UNSUPPORTED:
+                if _is_off(name, value):
+                    continue
+                raise ParameterError(name, f"{name}: {_UNSUPPORTED[name]}")
+            raise ParameterError(name, f"{name}: unsupported parameter (the built-in engine does not implement it)")
+        if self.best_of is not None and self.best_of != self.n:
+            raise ParameterError("best_of", "best_of: only best_of equal to n is supported by the built-in engine")
+        kind = (self.response_format or {}).get("type", "text")
+        if kind != "text":
+            raise ParameterError("response_format", f"response_format: type '{kind}' is not supported by the "
+                                 "built-in engine (only 'text'; run the endpoint on vLLM for structured output)")
+        for key, bias in (self.logit_bias or {}).items():
+            if not key.lstrip("-").isdigit() or not 0 <= int(key) < vocab_size:
+                raise ParameterError("logit_bias", f"logit_bias: '{key}' is not a token id of this model "
+                                     f"(0 to {vocab_size - 1})")
+            if not -100 <= bias <= 100:
+                raise ParameterError("logit_bias", f"logit_bias: the bias for token {key} must be within -100..100")
+
+    def params(self, defaults: dict[str, Any], max_tokens: int, seed_offset: int = 0) -> SamplingParams:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        temperature = self.temperature if self.temperature is not None else defaults.get("temperature", 1.0)
+        top_k = self.top_k if self.top_k is not None else defaults.get("top_k", 0)
         return SamplingParams(
-            max_tokens=self.max_completion_tokens or self.max_tokens or 16,
-            temperature=self.temperature, top_p=self.top_p, stop=stop, seed=self.seed,
+            max_tokens=max_tokens,
+            temperature=float(temperature),
+            top_p=float(self.top_p if self.top_p is not None else defaults.get("top_p", 1.0)),
+            top_k=max(int(top_k or 0), 0),
+            stop=[s for s in stop if s],
+            seed=None if self.seed is None else self.seed + seed_offset,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            repetition_penalty=float(self.repetition_penalty if self.repetition_penalty is not None
+                                     else defaults.get("repetition_penalty", 1.0)),
+            logit_bias={int(k): v for k, v in (self.logit_bias or {}).items()},
         )
 
 
@@ -71,8 +150,12 @@ class UnloadLoraRequest(BaseModel):
     lora_int_id: int | None = None
 
 
-def error(status: int, message: str, kind: str = "invalid_request_error", code: str | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind, "code": code or status}}, status_code=status)
+def error(
+    status: int, message: str, kind: str = "invalid_request_error", code: str | None = None, param: str | None = None
+) -> JSONResponse:
+    """OpenAI's error shape: ``code`` is a string or null, never the status number."""
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}},
+                        status_code=status)
 
 
 def _text_of(content: str | list[dict[str, Any]] | None) -> str:
@@ -89,7 +172,8 @@ def create_engine_app(engine: Engine) -> FastAPI:
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"][1:])
-        return error(400, f"{where}: {first['msg']}" if where else first["msg"])
+        return error(400, f"{where}: {first['msg']}" if where else first["msg"], code="invalid_request",
+                     param=where or None)
 
     @app.get("/health")
     def health() -> PlainTextResponse:
@@ -113,9 +197,10 @@ def create_engine_app(engine: Engine) -> FastAPI:
             else:
                 await run_in_threadpool(engine.load_adapter, body.lora_name, body.lora_path)
         except AdapterError as exc:
-            return error(400, str(exc))
+            return error(400, str(exc), code="invalid_adapter")
         except UnknownAdapter:  # unloaded while the new weights were read
-            return error(404, f"The lora adapter '{body.lora_name}' cannot be found.", "NotFoundError")
+            return error(404, f"The lora adapter '{body.lora_name}' cannot be found.", "NotFoundError",
+                         code="adapter_not_found")
         return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' added successfully.")
 
     @app.post("/v1/unload_lora_adapter")
@@ -123,7 +208,8 @@ def create_engine_app(engine: Engine) -> FastAPI:
         try:
             await run_in_threadpool(engine.unload_adapter, body.lora_name)
         except UnknownAdapter:
-            return error(404, f"The lora adapter '{body.lora_name}' cannot be found.", "NotFoundError")
+            return error(404, f"The lora adapter '{body.lora_name}' cannot be found.", "NotFoundError",
+                         code="adapter_not_found")
         return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' removed successfully.")
 
     def _adapter_for(model: str) -> str | None | JSONResponse:
@@ -137,60 +223,87 @@ def create_engine_app(engine: Engine) -> FastAPI:
         adapter = _adapter_for(body.model)
         if isinstance(adapter, JSONResponse):
             return adapter
-        if len(prompt_ids) >= engine.max_context:
-            return error(400, f"prompt is {len(prompt_ids)} tokens; this model's context is {engine.max_context}")
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        gen = Generation(prompt_ids, adapter, body.params(), lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev))
         try:
-            engine.submit(gen)
+            body.check(engine.vocab_size)
+        except ParameterError as exc:
+            return error(400, str(exc), code="unsupported_parameter", param=exc.param)
+        room = engine.max_context - len(prompt_ids)
+        if room < 1:
+            return error(400, f"This model's maximum context length is {engine.max_context} tokens; the prompt "
+                              f"has {len(prompt_ids)}. Shorten the prompt.", code="context_length_exceeded",
+                         param="messages" if chat else "prompt")
+        asked = body.max_completion_tokens or body.max_tokens
+        if asked is not None and asked > room:
+            param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+            return error(400, f"This model's maximum context length is {engine.max_context} tokens; you asked "
+                              f"for {len(prompt_ids)} prompt + {asked} completion tokens. Lower {param} to at "
+                              f"most {room}.", code="context_length_exceeded", param=param)
+        # as in vLLM: a chat answer may use the rest of the context, a completion 16 tokens
+        max_tokens = asked or (room if chat else min(16, room))
+        defaults = getattr(engine, "generation_defaults", {})
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[tuple[int, tuple[str, Any]]] = asyncio.Queue()
+
+        def emitter(index: int) -> Any:
+            return lambda ev: loop.call_soon_threadsafe(events.put_nowait, (index, ev))
+
+        gens = [Generation(prompt_ids, adapter, body.params(defaults, max_tokens, i), emitter(i))
+                for i in range(body.n)]
+        try:
+            for gen in gens:
+                engine.submit(gen)
         except UnknownAdapter:
             return error(404, f"The model `{body.model}` does not exist.", "NotFoundError", "model_not_found")
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         created = int(time.time())
 
         def usage() -> dict[str, int]:
-            return {"prompt_tokens": len(prompt_ids), "completion_tokens": gen.completion_tokens,
-                    "total_tokens": len(prompt_ids) + gen.completion_tokens}
+            completion = sum(g.completion_tokens for g in gens)
+            return {"prompt_tokens": len(prompt_ids), "completion_tokens": completion,
+                    "total_tokens": len(prompt_ids) + completion}
 
         if body.stream:
             return StreamingResponse(
-                _stream(events, gen, rid, created, body, chat, usage), media_type="text/event-stream"
+                _stream(events, len(gens), rid, created, body, chat, usage), media_type="text/event-stream"
             )
-        text, reason = "", None
-        while True:
-            kind, value = await events.get()
+        texts, reasons = [""] * len(gens), [None] * len(gens)
+        pending = len(gens)
+        while pending:
+            index, (kind, value) = await events.get()
             if kind == "text":
-                text += value
+                texts[index] += value
             elif kind == "error":
-                return error(500, value, "InternalServerError")
+                return error(500, value, "InternalServerError", "engine_error")
             else:
-                reason = value
-                break
+                reasons[index] = value
+                pending -= 1
         if chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                      "finish_reason": reason}
+            choices = [{"index": i, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                        "finish_reason": reason} for i, (text, reason) in enumerate(zip(texts, reasons))]
         else:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": reason}
+            choices = [{"index": i, "text": text, "logprobs": None, "finish_reason": reason}
+                       for i, (text, reason) in enumerate(zip(texts, reasons))]
         return {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": created,
-                "model": body.model, "choices": [choice], "usage": usage()}
+                "model": body.model, "choices": choices, "usage": usage()}
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest) -> Any:
         ids = body.prompt if isinstance(body.prompt, list) else engine.tokenizer(body.prompt)["input_ids"]
         if not ids:
-            return error(400, "prompt is empty")
+            return error(400, "prompt is empty", code="invalid_request", param="prompt")
         return await _run(body, ids, chat=False)
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest) -> Any:
         if not engine.tokenizer.chat_template:
-            return error(400, f"model '{engine.served_name}' has no chat template; use /v1/completions instead")
+            return error(400, f"model '{engine.served_name}' has no chat template; use /v1/completions instead",
+                         code="no_chat_template")
         messages = [{"role": m.role, "content": _text_of(m.content)} for m in body.messages]
         try:
             prompt = engine.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         except Exception as exc:  # noqa: BLE001 - the template rejected these messages
-            return error(400, f"the chat template could not render these messages: {exc}")
+            return error(400, f"the chat template could not render these messages: {exc}",
+                         code="invalid_request", param="messages")
         ids = engine.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         return await _run(body, ids, chat=True)
 
@@ -198,32 +311,35 @@ def create_engine_app(engine: Engine) -> FastAPI:
 
 
 async def _stream(
-    events: asyncio.Queue[tuple[str, Any]], gen: Generation, rid: str, created: int, body: _Sampling,
+    events: asyncio.Queue[tuple[int, tuple[str, Any]]], n: int, rid: str, created: int, body: _Sampling,
     chat: bool, usage: Any,
 ) -> AsyncIterator[bytes]:
     kind_name = "chat.completion.chunk" if chat else "text_completion"
 
-    def chunk(delta: str | None, reason: str | None, first: bool = False) -> bytes:
+    def chunk(index: int, delta: str | None, reason: str | None, first: bool = False) -> bytes:
         if chat:
             d: dict[str, Any] = {"role": "assistant", "content": ""} if first else ({"content": delta} if delta else {})
-            choice = {"index": 0, "delta": d, "logprobs": None, "finish_reason": reason}
+            choice = {"index": index, "delta": d, "logprobs": None, "finish_reason": reason}
         else:
-            choice = {"index": 0, "text": delta or "", "logprobs": None, "finish_reason": reason}
+            choice = {"index": index, "text": delta or "", "logprobs": None, "finish_reason": reason}
         payload = {"id": rid, "object": kind_name, "created": created, "model": body.model, "choices": [choice]}
         return f"data: {json.dumps(payload)}\n\n".encode()
 
     if chat:
-        yield chunk(None, None, first=True)
-    while True:
-        kind, value = await events.get()
+        for index in range(n):
+            yield chunk(index, None, None, first=True)
+    pending = n
+    while pending:
+        index, (kind, value) = await events.get()
         if kind == "text":
-            yield chunk(value, None)
+            yield chunk(index, value, None)
         elif kind == "error":
-            yield f"data: {json.dumps({'error': {'message': value, 'type': 'InternalServerError', 'code': 500}})}\n\n".encode()
+            problem = {"error": {"message": value, "type": "InternalServerError", "param": None, "code": "engine_error"}}
+            yield f"data: {json.dumps(problem)}\n\n".encode()
             break
         else:
-            yield chunk(None, value)
-            break
+            yield chunk(index, None, value)
+            pending -= 1
     if (body.stream_options or {}).get("include_usage"):
         payload = {"id": rid, "object": kind_name, "created": created, "model": body.model, "choices": [],
                    "usage": usage()}
