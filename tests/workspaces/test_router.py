@@ -20,12 +20,20 @@ def test_create_get_delete(client: Modelyard) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["A-team", "x", "a--b", "team-", "1team", "has space", "a" * 64, "a/b"]
+    "name", ["A-team", "x", "a--b", "team-", "1team", "has space", "a" * 64, "a/b", "ab\n", "ab\r\n"]
 )
 def test_invalid_names_are_422(client: Modelyard, name: str) -> None:
     with pytest.raises(UnprocessableEntityError) as err:
         client.workspaces.create(name)
     assert err.value.detail[0]["loc"] == ["body", "name"]
+    if len(name) <= 63:  # the rule in words, not the raw pattern
+        assert "lowercase letters, digits and - @ . + _; must start with a letter" in err.value.detail[0]["msg"]
+
+
+def test_uppercase_names_are_told_why(client: Modelyard) -> None:
+    with pytest.raises(UnprocessableEntityError) as err:
+        client.workspaces.create("MyTeam")
+    assert "uppercase letters are not allowed" in err.value.detail[0]["msg"]
 
 
 @pytest.mark.parametrize("name", ["ab", "team.a@b+c_d", "a" * 63, "a-b-c"])

@@ -15,8 +15,22 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 
 NAME_PATTERN = r"^[a-z](?!.*--)[a-z0-9\-@.+_]{1,62}(?<!-)$"
 _NAME_RE = re.compile(NAME_PATTERN)
+NAME_RULE = ("2-63 characters: lowercase letters, digits and - @ . + _; must start with a letter; "
+             "no '--' and no trailing '-'")
 
-EntityName = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+
+def check_name(value: str) -> str:
+    """One entity name, matched whole (``$`` would also accept a trailing newline), with the rule in
+    words rather than the raw pattern."""
+    if not _NAME_RE.fullmatch(value):
+        hint = " (uppercase letters are not allowed)" if any(c.isupper() for c in value) else ""
+        raise ValueError(f"{value!r} is not a valid name{hint}: {NAME_RULE}")
+    return value
+
+
+EntityName = Annotated[
+    str, Field(json_schema_extra={"pattern": NAME_PATTERN}, max_length=63), AfterValidator(check_name)
+]
 
 
 def check_reference(value: str) -> str:
@@ -25,11 +39,7 @@ def check_reference(value: str) -> str:
     if len(parts) > 2:
         raise ValueError(f"'{value}' must be 'name' or 'workspace/name' (at most one '/')")
     for part in parts:
-        if not _NAME_RE.match(part):
-            raise ValueError(
-                f"'{part}' is not a valid name: 2-63 characters, starting with a lowercase letter, "
-                "then lowercase letters, digits or - @ . + _, with no '--' and no trailing '-'"
-            )
+        check_name(part)
     return value
 
 
