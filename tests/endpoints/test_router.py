@@ -7,12 +7,14 @@ loaded when the endpoint starts (tests/endpoints/test_serving.py covers the runn
 from __future__ import annotations
 
 import re
+import sys
 
 import pytest
 import together
 from together import Together
 
 from modelyard.client import ConflictError, Modelyard
+from modelyard.config import Settings
 from tests.seeds import seed_text
 
 
@@ -60,6 +62,18 @@ def test_create_errors(registry: tuple[Modelyard, Together]) -> None:
         tg.endpoints.create(model="tiny", hardware="a100", autoscaling={"min_replicas": 1, "max_replicas": 1})
     with pytest.raises(together.BadRequestError, match="max_replicas must be >= "):
         tg.endpoints.create(model="tiny", hardware="cpu", autoscaling={"min_replicas": 2, "max_replicas": 1})
+
+
+@pytest.mark.parametrize("python", ["interpreter-without-vllm", "/nonexistent/python"])
+def test_a_vllm_endpoint_without_vllm_is_refused_at_create(registry: tuple[Modelyard, Together], settings: Settings,
+                                                          python: str) -> None:
+    _, tg = registry
+    settings.vllm_python = sys.executable if python == "interpreter-without-vllm" else python  # no vllm here
+    with pytest.raises(together.UnprocessableEntityError) as err:
+        _stopped(tg, engine="vllm")
+    message = error_of(err.value)["message"]
+    assert "make vllm-env" in message and "MODELYARD_VLLM_PYTHON" in message
+    assert tg.endpoints.list().data == []  # nothing stored
 
 
 def test_attach_list_detach(registry: tuple[Modelyard, Together]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
 
 from modelyard.db.session import in_db
 from modelyard.endpoints import service
@@ -39,6 +40,7 @@ async def create_endpoint(
     body: CreateEndpointRequest, request: Request, workspace: WorkspaceHeader = "default"
 ) -> Endpoint:
     settings, supervisor = request.app.state.settings, request.app.state.supervisor
+    await run_in_threadpool(service.check_engine, settings, body.engine)
     row = await in_db(request.app.state.db, lambda s: service.create(s, settings, workspace, body), write=True)
     supervisor.wake()
     return service.to_wire(row, supervisor)

@@ -39,6 +39,7 @@ from modelyard.endpoints.schemas import (
 from modelyard.endpoints.supervisor import AdapterWant, Replica, Supervisor, adapter_wants
 from modelyard.engine.adapter_files import read_adapter_config
 from modelyard.engine.client import AdapterError, EngineError
+from modelyard.engine.vllm import vllm_problem, vllm_python
 from modelyard.errors import ApiError
 from modelyard.filesets import store as fileset_store
 from modelyard.models import store as model_store
@@ -124,6 +125,21 @@ def _owned(session: Session, workspace: str, endpoint_id: str) -> tables.Endpoin
     if row is None or row.workspace != workspace:
         raise ApiError(404, NO_ENDPOINT, code="endpoint_not_found")
     return row
+
+
+def check_engine(settings: Settings, engine: str) -> None:
+    """Refuse an endpoint whose engine cannot run on this server, before anything is stored (it
+    would only fail its starts and end in ERROR). Runs a short subprocess: call it outside any
+    database session."""
+    if engine != "vllm":
+        return
+    python = settings.vllm_python or vllm_python()
+    problem = vllm_problem(python)
+    if problem:
+        raise ApiError(422, f"engine 'vllm' is not available on this server: {problem}. Build vLLM's "
+                            "environment with `make vllm-env`, or point MODELYARD_VLLM_PYTHON at an "
+                            "interpreter that has vLLM installed; or use engine 'builtin'.",
+                       code="engine_unavailable")
 
 
 def create(session: Session, settings: Settings, workspace: str, request: CreateEndpointRequest) -> tables.Endpoint:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -28,6 +29,27 @@ def vllm_python() -> str:
         return configured
     candidate = DEFAULT_ENV_DIR / "bin" / "python"
     return str(candidate) if candidate.exists() else sys.executable
+
+
+_FIND_VLLM = "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec('vllm') else 3)"
+_checked: dict[tuple[str, float], str | None] = {}
+
+
+def vllm_problem(python: str) -> str | None:
+    """Why ``python`` cannot run vLLM (None if it can). Looks for the package without importing it
+    (tens of milliseconds, not the seconds an import takes); remembered per interpreter file version."""
+    try:
+        stamp = os.stat(python).st_mtime
+    except OSError:
+        return f"the vLLM interpreter '{python}' does not exist"
+    key = (python, stamp)
+    if key not in _checked:
+        try:
+            done = subprocess.run([python, "-c", _FIND_VLLM], capture_output=True, timeout=30, check=False)
+            _checked[key] = None if done.returncode == 0 else f"'{python}' has no vllm package installed"
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            _checked[key] = f"the vLLM interpreter '{python}' cannot be run ({exc})"
+    return _checked[key]
 
 
 def vllm_command(
