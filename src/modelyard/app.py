@@ -159,7 +159,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             first = exc.errors()[0]
             where = ".".join(str(part) for part in first["loc"] if part != "body")
             message = f"{where}: {first['msg']}" if where else first["msg"]
-            return JSONResponse(ApiError(400, message, code="invalid_request").body(), status_code=400)
+            param = where.split(".")[0] if where else None
+            return JSONResponse(ApiError(400, message, code="invalid_request", param=param).body(), status_code=400)
         errors = []
         for error in exc.errors():
             if error.get("type") == "extra_forbidden":

@@ -77,13 +77,14 @@ class ApiError(ServiceError):
 
     def __init__(
         self, status: int, message: str, *, code: str, kind: str = "invalid_request_error",
-        retry_after: int | None = None,
+        retry_after: int | None = None, param: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status_code = status
         self.code = code
         self.kind = kind
         self.retry_after = retry_after
+        self.param = param
 
     def body(self) -> dict[str, object]:
-        return {"error": {"message": self.message, "type": self.kind, "code": self.code}}
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}

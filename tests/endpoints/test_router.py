@@ -148,7 +148,7 @@ def test_every_seed_error_message(registry: tuple[Modelyard, Together], case: st
             call()
         actual = err.value
     assert actual.status_code == expected[0]
-    assert error_of(actual) == {"message": expected[1], "type": "invalid_request_error",
+    assert error_of(actual) == {"message": expected[1], "type": "invalid_request_error", "param": None,
                                 "code": error_of(actual)["code"]}
     assert error_of(actual)["code"]
 

@@ -176,6 +176,8 @@ def create(session: Session, settings: Settings, workspace: str, request: Create
 
 
 def list_(session: Session, workspace: str, *, mine: bool | None, type_: str | None) -> list[tables.Endpoint]:
+    if session.get(tables.Workspace, workspace) is None:  # as the registry answers for it
+        raise ApiError(404, f"Workspace '{workspace}' not found", code="workspace_not_found")
     rows = store.list_(session, type_=type_)
     return [r for r in rows if r.workspace == workspace or (not mine and r.visibility == "public")]
 

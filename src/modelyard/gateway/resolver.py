@@ -75,6 +75,8 @@ def resolve(session: Session, workspace: str, model: str) -> Target:
 
 def callable_models(session: Session, workspace: str) -> list[tuple[str, str | None, str]]:
     """``(id, parent, owner)`` for everything a caller in ``workspace`` can send requests to."""
+    if session.get(tables.Workspace, workspace) is None:  # as the registry answers for it
+        raise ApiError(404, f"Workspace '{workspace}' not found", code="workspace_not_found")
     endpoints = session.scalars(
         select(tables.Endpoint).where(
             (tables.Endpoint.workspace == workspace) | (tables.Endpoint.visibility == "public")

@@ -88,9 +88,7 @@ async def _proxy(request: Request, workspace: str, path: str) -> Response:
         runtime = supervisor.runtime(target.endpoint_id)
         replica = await _wait_for_replica(supervisor, runtime)
     if target.state != "STARTED" or replica is None:
-        raise ApiError(503, f"endpoint '{target.endpoint_name}' is {target.state} and cannot serve requests "
-                            "yet; retry shortly", code="endpoint_not_ready", kind="service_unavailable",
-                       retry_after=RETRY_AFTER_S)
+        raise _not_serving(target)
     replica.in_flight += 1
     if runtime is not None:
         runtime.last_request = time.monotonic()  # for inactive_timeout
@@ -117,10 +115,54 @@ async def _proxy(request: Request, workspace: str, path: str) -> Response:
                 return JSONResponse(payload)
             except (ValueError, TypeError):
                 pass
+        if upstream.status_code >= 400:
+            return Response(_openai_error(content, upstream.status_code), status_code=upstream.status_code,
+                            media_type="application/json")
         return Response(content, status_code=upstream.status_code,
                         media_type=upstream.headers.get("content-type", "application/json"))
     return StreamingResponse(_relay(upstream, replica, requested), status_code=upstream.status_code,
                              media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def _not_serving(target: Target) -> ApiError:
+    """Why an endpoint cannot answer now. Only a state that ends by itself (starting, restarting a
+    replica) says "retry" with ``Retry-After``; a stopped or failed endpoint says what to do instead."""
+    name, state = target.endpoint_name, target.state
+    if state == "STOPPED":
+        return ApiError(503, f"endpoint '{name}' is STOPPED and will not start by itself; start it with "
+                             f"`modelyard endpoints start {target.endpoint_id}` (or PATCH /v1/endpoints/"
+                             f"{target.endpoint_id} with state STARTED)", code="endpoint_stopped",
+                        kind="service_unavailable")
+    if state == "ERROR":
+        return ApiError(503, f"endpoint '{name}' is in ERROR and cannot serve requests; see "
+                             f"`modelyard endpoints get {target.endpoint_id}` for the cause and "
+                             "`modelyard endpoints logs` for its replica logs, then start it again",
+                        code="endpoint_failed", kind="service_unavailable")
+    return ApiError(503, f"endpoint '{name}' is {state} and cannot serve requests yet; retry shortly",
+                    code="endpoint_not_ready", kind="service_unavailable", retry_after=RETRY_AFTER_S)
+
+
+# OpenAI's error ``code`` is a string or null; engines such as vLLM send the HTTP status number.
+_CODE_BY_STATUS = {400: "invalid_request", 404: "model_not_found", 413: "request_too_large",
+                   422: "invalid_request", 429: "rate_limited", 500: "engine_error", 503: "engine_unavailable"}
+
+
+def _openai_error(content: bytes, status: int) -> bytes:
+    """An engine's error body in OpenAI's shape: ``{"error": {message, type, param, code}}`` with a
+    string (or null) ``code``."""
+    try:
+        payload = json.loads(content)
+    except ValueError:
+        payload = None
+    error = payload.get("error") if isinstance(payload, dict) else None
+    if not isinstance(error, dict):
+        message = content.decode("utf-8", "replace").strip() or f"the engine answered {status}"
+        error = {"message": message, "type": "invalid_request_error" if status < 500 else "engine_error"}
+    code = error.get("code")
+    return json.dumps({"error": {
+        "message": str(error.get("message", "")), "type": error.get("type"), "param": error.get("param"),
+        "code": code if isinstance(code, str) else _CODE_BY_STATUS.get(status),
+    }}).encode()
 
 
 async def _wait_for_replica(supervisor: Supervisor, runtime: Runtime) -> Replica | None:
@@ -140,9 +182,18 @@ async def _wait_for_replica(supervisor: Supervisor, runtime: Runtime) -> Replica
 
 
 async def _relay(upstream: httpx.Response, replica: Replica, model: str) -> AsyncIterator[bytes]:
+    """Pass the engine's events on; if the engine goes away mid-stream, end with an error event and
+    ``[DONE]`` so the client knows the answer is incomplete (a bare cut looks like a short answer)."""
+    done = False
     try:
         async for line in upstream.aiter_lines():
+            done = done or line.strip() == "data: [DONE]"
             yield (_rewrite(line, model) + "\n").encode()
+    except httpx.HTTPError as exc:
+        if not done:
+            problem = {"error": {"message": f"the engine replica stopped while streaming: {exc!r}",
+                                 "type": "engine_error", "param": None, "code": "engine_unavailable"}}
+            yield f"data: {json.dumps(problem)}\n\ndata: [DONE]\n\n".encode()
     finally:
         await upstream.aclose()
         replica.in_flight -= 1
