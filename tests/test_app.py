@@ -18,3 +18,28 @@ def test_malformed_json_is_422(client: Modelyard) -> None:
         "/apis/models/v2/workspaces/default/models", content=b"{not json", headers={"content-type": "application/json"}
     )
     assert response.status_code == 422 and response.json()["detail"][0]["type"] == "json_invalid"
+
+
+def test_json_logs_carry_no_terminal_colour_codes() -> None:
+    import io
+    import json
+    import logging
+
+    from modelyard.app import JsonLogFormatter
+
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(JsonLogFormatter())
+    logger = logging.getLogger("test.colours")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:  # what uvicorn logs at start, and a message with colours of its own
+        logger.warning("Uvicorn running on %s", "http://127.0.0.1:8000",
+                       extra={"color_message": "Uvicorn running on \x1b[1m%s\x1b[0m", "route": "\x1b[32m/v1\x1b[0m"})
+        logger.warning("\x1b[31mred\x1b[0m text")
+    finally:
+        logger.removeHandler(handler)
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert "\x1b" not in out.getvalue() and "\\u001b" not in out.getvalue()
+    assert lines[0]["msg"] == "Uvicorn running on http://127.0.0.1:8000" and "color_message" not in lines[0]
+    assert lines[0]["route"] == "/v1" and lines[1]["msg"] == "red text"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -35,21 +36,29 @@ from modelyard.workspaces.router import router as workspaces_router
 log = logging.getLogger("modelyard")
 
 
-class JsonLogFormatter(logging.Formatter):
-    """One JSON object per line, with whatever ``extra=`` fields the call passed."""
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 
-    _skip = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+
+def _plain(value: Any) -> Any:
+    return _ANSI.sub("", value) if isinstance(value, str) else value
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line, with whatever ``extra=`` fields the call passed. Terminal colour
+    codes are stripped: uvicorn adds a ``color_message`` copy of its messages, which is dropped."""
+
+    _skip = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "color_message"}
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": _plain(record.getMessage()),
         }
-        entry.update({k: v for k, v in record.__dict__.items() if k not in self._skip})
+        entry.update({k: _plain(v) for k, v in record.__dict__.items() if k not in self._skip})
         if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
+            entry["exc"] = _plain(self.formatException(record.exc_info))
         return json.dumps(entry, default=str)
 
 
