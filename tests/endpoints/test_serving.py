@@ -174,6 +174,26 @@ def test_a_killed_replica_is_replaced_and_serves_the_same_adapters(app: FastAPI,
     assert ask(oa, "space") == before
 
 
+def test_a_replica_killed_mid_stream_ends_the_stream_with_an_error_event(
+    app: FastAPI, registry: tuple[Modelyard, Together], live_server: str
+) -> None:
+    """The client must be able to tell a cut answer from a short one: an error event, then [DONE]."""
+    _, tg = registry
+    endpoint = start_endpoint(tg)
+    (pid,) = pids(app, endpoint.id)
+    body = {"model": endpoint.name, "messages": PROMPT, "max_tokens": 400, "temperature": 0, "stream": True}
+    lines: list[str] = []
+    with httpx.stream("POST", live_server + "/v1/chat/completions", json=body, timeout=60) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            lines.append(line)
+            if len(lines) == 6:
+                os.kill(pid, signal.SIGKILL)
+    data = [line for line in lines if line.startswith("data: ")]
+    assert data[-1] == "data: [DONE]"
+    assert '"code": "engine_unavailable"' in data[-2] and "stopped while streaming" in data[-2]
+
+
 def test_hot_swap_while_requests_flow(app: FastAPI, registry: tuple[Modelyard, Together], live_server: str) -> None:
     """Attach, detach and disable adapters (one that is serving, one that has served) while the base
     model streams a long answer and other adapters keep answering: no request fails."""
