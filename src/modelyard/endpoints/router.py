@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+import anyio
 from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
 from modelyard.db.session import in_db
@@ -101,3 +103,31 @@ async def detach_adapter(
 ) -> AdapterRemoved:
     state = request.app.state
     return await service.detach(state.db, state.supervisor, workspace, endpoint_id, body.model_id)
+
+
+@router.get(
+    "/endpoints/{endpoint_id}/logs", response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain": {}}, "description": "log lines"},
+               404: {"description": "no such endpoint, or no log for that replica"}},
+)
+async def endpoint_logs(
+    endpoint_id: str, request: Request, workspace: WorkspaceHeader = "default",
+    tail: Annotated[int, Query(ge=0, le=10_000, description="how many of the last lines")] = 100,
+    replica: Annotated[int | None, Query(ge=1, description="the replica's number (default: the newest)")] = None,
+    offset: Annotated[int | None, Query(ge=0, description="read after this byte (X-Modelyard-Log-Offset "
+                                                          "of the previous answer), to follow a log")] = None,
+) -> PlainTextResponse:
+    """The last lines of an engine replica's log, as text: by default the newest running replica's, or
+    the log written last when none runs. ``X-Modelyard-Replica`` names the replica (absent while the
+    endpoint has no log), ``X-Modelyard-Replicas`` lists every replica with a log, and
+    ``X-Modelyard-Log-Offset`` is the ``offset`` that reads what is written next."""
+    state = request.app.state
+    await in_db(state.db, lambda s: service.get(s, workspace, endpoint_id))
+    logs = await anyio.to_thread.run_sync(lambda: service.replica_logs(
+        state.settings, state.supervisor, endpoint_id, tail=tail, replica=replica, offset=offset,
+    ))
+    headers = {"X-Modelyard-Replicas": ",".join(str(n) for n in logs.replicas),
+               "X-Modelyard-Log-Offset": str(logs.offset), "Cache-Control": "no-store"}
+    if logs.replica is not None:
+        headers["X-Modelyard-Replica"] = str(logs.replica)
+    return PlainTextResponse(logs.text, headers=headers)

@@ -7,10 +7,14 @@ while an engine works and no attach races a replica that is starting.
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import subprocess
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TypeVar
 
 import anyio
@@ -330,3 +334,84 @@ def attached(session: Session, workspace: str, endpoint_id: str) -> AttachedAdap
                         endpoint_name=endpoint.name)
         for b in store.bindings(session, endpoint.id)
     ])
+
+
+# ----- replica logs -----------------------------------------------------------------------------
+
+_LOG_FILE = re.compile(r"replica-(\d+)\.log")
+_BLOCK = 64 * 1024
+
+
+@dataclass(frozen=True)
+class ReplicaLog:
+    """Lines of one replica's engine log (``replica`` is None when the endpoint has no log yet)."""
+
+    replica: int | None
+    text: str
+    offset: int
+    """Byte position just after the last complete line read: the ``offset`` of the next read."""
+    replicas: list[int]
+    """Every replica of the endpoint that has a log, in order."""
+
+
+def log_folder(settings: Settings, endpoint_id: str) -> Path:
+    """Where the supervisor writes ``replica-<n>.log`` for the endpoint's engine processes."""
+    return settings.home / "logs" / "endpoints" / endpoint_id
+
+
+def replica_logs(settings: Settings, supervisor: Supervisor, endpoint_id: str, *, tail: int,
+                 replica: int | None = None, offset: int | None = None) -> ReplicaLog:
+    """The last ``tail`` complete lines of a replica's log, after byte ``offset`` when given.
+
+    Without ``replica``: the newest replica running now, else the log written last (a replica that is
+    starting, or the last one before the endpoint stopped or failed).
+    """
+    folder = log_folder(settings, endpoint_id)
+    files: dict[int, Path] = {}
+    if folder.is_dir():
+        for path in folder.iterdir():
+            if match := _LOG_FILE.fullmatch(path.name):
+                files[int(match.group(1))] = path
+    if replica is None:
+        runtime = supervisor.runtimes.get(endpoint_id)
+        live = [r.process.log_path.name for r in runtime.replicas if r.process.alive()] if runtime else []
+        running = [int(m.group(1)) for name in live if (m := _LOG_FILE.fullmatch(name))]
+        running = [n for n in running if n in files]
+        if running:
+            replica = max(running)
+        elif files:
+            replica = max(files, key=lambda n: (_mtime(files[n]), n))
+        else:
+            return ReplicaLog(replica=None, text="", offset=0, replicas=[])
+    elif replica not in files:
+        raise ApiError(404, f"endpoint has no log for replica {replica}", code="log_not_found")
+    try:
+        text, end = _tail(files[replica], tail, offset)
+    except FileNotFoundError:
+        raise ApiError(404, f"endpoint has no log for replica {replica}", code="log_not_found") from None
+    return ReplicaLog(replica=replica, text=text, offset=end, replicas=sorted(files))
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
+def _tail(path: Path, lines: int, offset: int | None) -> tuple[str, int]:
+    """The last ``lines`` complete lines after byte ``offset`` (from the start when the file is shorter
+    than ``offset``: a new file under the same name), and the position after the last complete line.
+    Reads backwards in blocks, so a long log costs what the answer needs."""
+    with open(path, "rb") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        start = offset if offset is not None and offset <= size else 0
+        position, data = size, b""
+        while position > start and data.count(b"\n") <= lines:
+            step = min(_BLOCK, position - start)
+            position -= step
+            handle.seek(position)
+            data = handle.read(step) + data
+    end = data.rfind(b"\n") + 1  # a line still being written waits for the next read
+    kept = data[:end].split(b"\n")[:-1][-lines:] if lines else []
+    return b"".join(line + b"\n" for line in kept).decode("utf-8", "replace"), position + end
