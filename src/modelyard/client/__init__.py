@@ -21,6 +21,7 @@ from modelyard.client.errors import (
     NotFoundError,
     PayloadTooLargeError,
     PermissionDeniedError,
+    StreamError,
     UnprocessableEntityError,
 )
 
@@ -35,6 +36,7 @@ __all__ = [
     "NotFoundError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
+    "StreamError",
     "SyncPage",
     "UnprocessableEntityError",
 ]

@@ -3,19 +3,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, Self, TypeVar
+from typing import Any, Generic, Literal, Self, TypeVar, overload
 
 import httpx
 from pydantic import BaseModel
 
 from modelyard.adapters.schemas import Adapter
-from modelyard.client.errors import APIConnectionError, error_for
+from modelyard.client.errors import APIConnectionError, StreamError, error_for
 from modelyard.endpoints.schemas import (
     AdapterRemoved,
     AttachedAdapterList,
@@ -113,6 +115,19 @@ class Modelyard:
         if response.status_code >= 400:
             raise error_for(response)
         return response
+
+    @contextlib.contextmanager
+    def stream(self, method: str, path: str, **kwargs: Any) -> Iterator[httpx.Response]:
+        """Send a request and hand over its response unread, for a body that arrives over time.
+        Errors as in ``request``; a connection lost while reading is an ``APIConnectionError`` too."""
+        try:
+            with self._http.stream(method, self.base_url + path, **kwargs) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise error_for(response)
+                yield response
+        except httpx.TransportError as exc:
+            raise APIConnectionError(f"cannot reach {self.base_url}: {exc}") from exc
 
     def health(self) -> dict[str, Any]:
         return self.request("GET", "/health").json()
@@ -286,13 +301,86 @@ class Endpoints(_Resource):
     def hardware(self) -> HardwareList:
         return HardwareList.model_validate(self._client.request("GET", "/v1/hardware").json())
 
+    def logs(self, endpoint_id: str, /, *, tail: int = 100, replica: int | None = None,
+             offset: int | None = None) -> EndpointLog:
+        """The last ``tail`` lines of a replica's engine log: the newest running replica's by default (or
+        the one written last when none runs). To follow it, pass the answer's ``replica`` and ``offset``
+        to the next call, which then returns only what was written since."""
+        params: dict[str, Any] = {"tail": tail}
+        if replica is not None:
+            params["replica"] = replica
+        if offset is not None:
+            params["offset"] = offset
+        response = self._client.request("GET", f"/v1/endpoints/{endpoint_id}/logs", params=params)
+        headers = response.headers
+        return EndpointLog(
+            text=response.text,
+            replica=int(headers["x-modelyard-replica"]) if headers.get("x-modelyard-replica") else None,
+            replicas=[int(n) for n in headers.get("x-modelyard-replicas", "").split(",") if n],
+            offset=int(headers.get("x-modelyard-log-offset", "0")),
+        )
+
+
+@dataclass
+class EndpointLog:
+    """Lines of one replica's engine log (``replica`` is None while the endpoint has none)."""
+
+    text: str
+    replica: int | None
+    replicas: list[int]
+    """Every replica of the endpoint with a log."""
+    offset: int
+    """Where the next read of this replica's log starts (pass it as ``offset``)."""
+
+    @property
+    def lines(self) -> list[str]:
+        return self.text.splitlines()
+
+
+def _workspace_header(workspace: str | None) -> dict[str, str]:
+    return {"X-Modelyard-Workspace": workspace} if workspace else {}
+
 
 class Chat(_Resource):
-    """A minimal OpenAI-style chat call through the gateway (use the ``openai`` SDK for everything else)."""
+    """A minimal OpenAI-style chat call through the gateway (use the ``openai`` SDK for everything else).
+    ``workspace`` is the caller's workspace, in which adapter names resolve (``default`` when omitted)."""
 
-    def create(self, *, model: str, messages: list[dict[str, Any]], **params: Any) -> dict[str, Any]:
+    @overload
+    def create(self, *, model: str, messages: list[dict[str, Any]], stream: Literal[False] = False,
+               workspace: str | None = None, **params: Any) -> dict[str, Any]: ...
+
+    @overload
+    def create(self, *, model: str, messages: list[dict[str, Any]], stream: Literal[True],
+               workspace: str | None = None, **params: Any) -> Iterator[dict[str, Any]]: ...
+
+    def create(self, *, model: str, messages: list[dict[str, Any]], stream: bool = False,
+               workspace: str | None = None, **params: Any) -> dict[str, Any] | Iterator[dict[str, Any]]:
+        """The whole answer, or with ``stream=True`` the chunks of ``stream()``."""
+        if stream:
+            return self.stream(model=model, messages=messages, workspace=workspace, **params)
         body = {"model": model, "messages": messages, **params}
-        return self._client.request("POST", "/v1/chat/completions", json=body).json()
+        return self._client.request("POST", "/v1/chat/completions", json=body,
+                                    headers=_workspace_header(workspace)).json()
+
+    def stream(self, *, model: str, messages: list[dict[str, Any]], workspace: str | None = None,
+               **params: Any) -> Generator[dict[str, Any], None, None]:
+        """Yield the answer's chunks as the engine produces them (``chunk["choices"][0]["delta"]``).
+        An error the server reports mid-stream raises ``StreamError``; stopping early closes the request."""
+        body = {"model": model, "messages": messages, **params, "stream": True}
+        with self._client.stream("POST", "/v1/chat/completions", json=body,
+                                 headers=_workspace_header(workspace)) as response:
+            for line in response.iter_lines():
+                if not line.startswith("data:"):
+                    continue  # blank separators, comments, keep-alives
+                data = line[len("data:"):].strip()
+                if data == "[DONE]":
+                    return
+                chunk = json.loads(data)
+                error = chunk.get("error") if isinstance(chunk, dict) else None
+                if error is not None:
+                    message = error.get("message") if isinstance(error, dict) else error
+                    raise StreamError(str(message), code=error.get("code") if isinstance(error, dict) else None)
+                yield chunk
 
 
 def _files_path(workspace: str) -> str:

@@ -15,6 +15,15 @@ class APIConnectionError(ModelyardError):
     """The server could not be reached."""
 
 
+class StreamError(ModelyardError):
+    """The server reported an error in the middle of a streamed answer (after its 200)."""
+
+    def __init__(self, message: str, code: str | int | None = None) -> None:
+        self.message = message
+        self.code = code
+        super().__init__(message)
+
+
 class APIStatusError(ModelyardError):
     """The server answered with a 4xx or 5xx status."""
 
