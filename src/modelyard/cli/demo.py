@@ -16,7 +16,9 @@ import warnings
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from modelyard.client import ConflictError, Modelyard, NotFoundError
 from modelyard.client.client import upload_dir
@@ -103,7 +105,7 @@ def _raise_stop(*_: object) -> None:
 def run_demo(host: str, port: int, console: Console) -> None:
     settings = Settings()
     url = f"http://{host}:{port}"
-    console.print(f"[bold]Modelyard demo[/bold]  (data in {settings.home})")
+    console.print(f"[bold]Modelyard demo[/bold]  (data in {escape(str(settings.home))})")
     built = _build_files(settings, console)
     signal.signal(signal.SIGTERM, _raise_stop)  # from here on SIGTERM behaves like Ctrl-C
     server, done = _start_server(settings, host, port, console)
@@ -135,7 +137,7 @@ def _walk_through(url: str, built: dict[str, Path], console: Console) -> None:
             if endpoint.state == "ERROR":
                 raise SystemExit(f"endpoint failed: {endpoint.error}")
             time.sleep(0.3)
-    console.print(f"Endpoint [cyan]{endpoint.name}[/cyan] is STARTED ({endpoint.id})")
+    console.print(f"Endpoint [cyan]{escape(endpoint.name)}[/cyan] is STARTED ({endpoint.id})")
 
     for adapter in ADAPTERS:
         started = time.perf_counter()
@@ -149,7 +151,7 @@ def _walk_through(url: str, built: dict[str, Path], console: Console) -> None:
     for model in (endpoint.name, *(f"demo-{a}" for a in ADAPTERS)):
         reply = client.chat.create(model=model, messages=QUESTION, max_tokens=12, temperature=0)
         answers[model] = reply["choices"][0]["message"]["content"]
-        table.add_row(model, repr(answers[model]))
+        table.add_row(Text(model), Text(repr(answers[model])))  # a model's answer is not markup
     console.print(table)
     console.print(f"{len(set(answers.values()))} different answers from {len(answers)} models on one endpoint.")
 

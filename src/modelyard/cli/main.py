@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from pydantic import BaseModel
+from rich import box
+from rich.cells import cell_len
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
+from modelyard import __version__
 from modelyard.client import Modelyard, ModelyardError
+from modelyard.endpoints.schemas import Endpoint
 
 app = typer.Typer(help="Modelyard: registry and serving layer for fine-tuned models.", no_args_is_help=True)
 workspaces_app = typer.Typer(help="Manage workspaces.", no_args_is_help=True)
@@ -26,9 +35,27 @@ endpoints_app = typer.Typer(help="Serve a base model and attach adapters to it a
 app.add_typer(endpoints_app, name="endpoints")
 
 console = Console()
+"""Everything that comes from the server or the user is printed as ``Text`` (or through ``escape``):
+Rich markup would otherwise eat ``[a-z]`` in a pattern, or style a model's answer."""
+err_console = Console(stderr=True)
 Url = Annotated[str | None, typer.Option("--url", envvar="MODELYARD_URL", help="Server URL [default: http://127.0.0.1:8000]")]
 Workspace = Annotated[str, typer.Option("--workspace", "-w", help="Workspace ('-' lists across all)")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the raw JSON")]
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"modelyard {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool | None, typer.Option(
+        "--version", callback=_print_version, is_eager=True, help="Print the version and exit.",
+    )] = None,
+) -> None:
+    """Modelyard: registry and serving layer for fine-tuned models."""
 
 
 @app.command()
@@ -44,7 +71,7 @@ def serve(
 
     settings = Settings()
     configure_logging(settings)
-    console.print(f"Modelyard on http://{host}:{port}  (docs: http://{host}:{port}/docs)", highlight=False)
+    console.print(Text(f"Modelyard on http://{host}:{port}  (docs: http://{host}:{port}/docs)"))
     uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False)
 
 
@@ -62,19 +89,71 @@ def demo(
     run_demo(host, port, console)
 
 
-def _client(url: str | None) -> Modelyard:
-    return Modelyard(url)
+def _client(url: str | None, timeout: float = 30.0) -> Modelyard:
+    return Modelyard(url, timeout=timeout)
+
+
+def _fail(message: str) -> typer.Exit:
+    console.print(Text.assemble(("error:", "red"), " ", message))
+    return typer.Exit(1)
 
 
 def _run(call: Any) -> Any:
     try:
         return call()
     except ModelyardError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
+        raise _fail(str(exc)) from None
 
 
-def _show(items: list[BaseModel] | BaseModel, columns: list[str], as_json: bool) -> None:
+@dataclass(frozen=True)
+class Col:
+    """A table column: ``whole`` ones (ids, digests) are printed whole, never wrapped or cut, so they can
+    be copied; the others wrap; ``optional`` ones are left out when the terminal is too narrow for them."""
+
+    field: str
+    whole: bool = False
+    optional: bool = False
+
+
+WRAP_MIN = 10  # narrowest a wrapping column gets (or its header or longest value, if shorter) before columns are dropped
+GAP = 2  # between columns: a blank divider and the left column's padding
+
+
+def _cells(rows: list[dict[str, Any]], column: Col) -> list[str]:
+    return ["" if row.get(column.field) is None else str(row[column.field]) for row in rows]
+
+
+def _print_table(rows: list[dict[str, Any]], columns: Iterable[Col]) -> None:
+    """Rows as a table that fits the terminal: optional columns go first, then wrapping columns wrap;
+    whole columns keep their full width even when that makes the table wider than the terminal."""
+    shown = list(columns)
+    cells = {c.field: _cells(rows, c) for c in shown}
+
+    def natural(c: Col) -> int:
+        return max([cell_len(c.field), *(cell_len(line) for v in cells[c.field] for line in v.splitlines())])
+
+    def floor(c: Col) -> int:
+        return natural(c) if c.whole else min(natural(c), max(cell_len(c.field), WRAP_MIN))
+
+    def needed(cols: list[Col]) -> int:
+        return sum(floor(c) for c in cols) + GAP * (len(cols) - 1)
+
+    while needed(shown) > console.width and any(c.optional for c in shown):
+        shown.remove([c for c in shown if c.optional][-1])
+    wider = needed(shown) > console.width  # the ids alone do not fit: print them whole all the same
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0),
+                  width=needed(shown) if wider else None)
+    for c in shown:
+        if c.whole:
+            table.add_column(c.field, no_wrap=True, min_width=natural(c))
+        else:
+            table.add_column(c.field, overflow="fold")
+    for i in range(len(rows)):
+        table.add_row(*(Text(cells[c.field][i]) for c in shown))
+    console.print(table, crop=False)
+
+
+def _show(items: list[BaseModel] | BaseModel, columns: list[Col], as_json: bool) -> None:
     if as_json:
         payload = [i.model_dump(mode="json", exclude_none=True) for i in items] if isinstance(items, list) else (
             items.model_dump(mode="json", exclude_none=True)
@@ -82,36 +161,37 @@ def _show(items: list[BaseModel] | BaseModel, columns: list[str], as_json: bool)
         typer.echo(json.dumps(payload, indent=2))
         return
     rows = items if isinstance(items, list) else [items]
-    table = Table(*columns)
-    for item in rows:
-        data = item.model_dump(mode="json")
-        table.add_row(*("" if data.get(c) is None else str(data.get(c)) for c in columns))
-    console.print(table)
+    _print_table([item.model_dump(mode="json") for item in rows], columns)
+
+
+WORKSPACE_COLUMNS = [Col("name"), Col("description"), Col("created_at", optional=True)]
 
 
 @workspaces_app.command("list")
 def workspaces_list(url: Url = None, as_json: AsJson = False) -> None:
     """List workspaces."""
     page = _run(lambda: _client(url).workspaces.list())
-    _show(list(page.auto_paging_iter()), ["name", "description", "created_at"], as_json)
+    _show(list(page.auto_paging_iter()), WORKSPACE_COLUMNS, as_json)
 
 
 @workspaces_app.command("create")
 def workspaces_create(name: str, description: str | None = None, url: Url = None, as_json: AsJson = False) -> None:
     """Create a workspace."""
     fields = {"description": description} if description else {}
-    _show(_run(lambda: _client(url).workspaces.create(name, **fields)), ["name", "description"], as_json)
+    _show(_run(lambda: _client(url).workspaces.create(name, **fields)), WORKSPACE_COLUMNS, as_json)
 
 
 @workspaces_app.command("delete")
 def workspaces_delete(name: str, url: Url = None) -> None:
     """Delete an empty workspace."""
     _run(lambda: _client(url).workspaces.delete(name))
-    console.print(f"deleted workspace {name}")
+    console.print(Text(f"deleted workspace {name}"))
 
 
-MODEL_COLUMNS = ["workspace", "name", "id", "fileset", "finetuning_type", "created_at"]
-ADAPTER_COLUMNS = ["workspace", "name", "model", "fileset", "finetuning_type", "enabled"]
+MODEL_COLUMNS = [Col("workspace"), Col("name"), Col("id", whole=True), Col("fileset"),
+                 Col("finetuning_type", optional=True), Col("created_at", optional=True)]
+ADAPTER_COLUMNS = [Col("workspace"), Col("name"), Col("model"), Col("fileset"),
+                   Col("finetuning_type", optional=True), Col("enabled")]
 
 
 @models_app.command("list")
@@ -142,11 +222,52 @@ def models_create(
     _show(_run(lambda: _client(url).models.create(workspace, name=name, **fields)), MODEL_COLUMNS, as_json)
 
 
+def _parse_sets(pairs: list[str] | None) -> dict[str, Any]:
+    """``FIELD=VALUE`` pairs; VALUE is JSON when it parses (``null`` clears a field), else a string."""
+    fields: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{pair!r}: give FIELD=VALUE", param_hint="--set")
+        try:
+            fields[key] = json.loads(raw)
+        except ValueError:
+            fields[key] = raw
+    return fields
+
+
+@models_app.command("update")
+def models_update(
+    name: str,
+    workspace: Workspace = "default",
+    description: Annotated[str | None, typer.Option(help="new description")] = None,
+    fileset: Annotated[str | None, typer.Option(help="ws/fileset holding the checkpoint (the spec is read again)")] = None,
+    base_model: str | None = None,
+    project: str | None = None,
+    finetuning_type: str | None = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", metavar="FIELD=JSON",
+        help="any other field of the models API, e.g. custom_fields='{\"team\": \"nlp\"}' or description=null "
+             "(repeatable)",
+    )] = None,
+    url: Url = None,
+    as_json: AsJson = False,
+) -> None:
+    """Change a model (PATCH: the fields given are merged, the others kept)."""
+    fields = _parse_sets(set_)
+    named = {"description": description, "fileset": fileset, "base_model": base_model, "project": project,
+             "finetuning_type": finetuning_type}
+    fields.update({k: v for k, v in named.items() if v is not None})
+    if not fields:
+        raise typer.BadParameter("nothing to change: give an option such as --description or --set FIELD=JSON")
+    _show(_run(lambda: _client(url).models.update(workspace, name, **fields)), MODEL_COLUMNS, as_json)
+
+
 @models_app.command("delete")
 def models_delete(name: str, workspace: Workspace = "default", url: Url = None) -> None:
     """Delete a model and its adapters."""
     _run(lambda: _client(url).models.delete(workspace, name))
-    console.print(f"deleted model {workspace}/{name}")
+    console.print(Text(f"deleted model {workspace}/{name}"))
 
 
 @adapters_app.command("list")
@@ -173,24 +294,74 @@ def adapters_create(
     _show(adapter, ADAPTER_COLUMNS, as_json)
 
 
+def _update_adapter(url: str | None, workspace: str, name: str, fields: dict[str, Any], as_json: bool) -> None:
+    _show(_run(lambda: _client(url).adapters.update(workspace, name, **fields)), ADAPTER_COLUMNS, as_json)
+
+
+@adapters_app.command("update")
+def adapters_update(
+    name: str,
+    workspace: Workspace = "default",
+    description: Annotated[str | None, typer.Option(help="new description")] = None,
+    fileset: Annotated[str | None, typer.Option(help="ws/fileset with the new files (an attached adapter is "
+                                                      "swapped to them while it serves)")] = None,
+    rank: Annotated[int | None, typer.Option(help="lora_config.rank")] = None,
+    alpha: Annotated[int | None, typer.Option(help="lora_config.alpha (with --rank)")] = None,
+    enabled: Annotated[bool | None, typer.Option("--enabled/--disabled", help="enable or disable it")] = None,
+    url: Url = None,
+    as_json: AsJson = False,
+) -> None:
+    """Change an adapter (PATCH: the fields given are changed, the others kept)."""
+    if alpha is not None and rank is None:
+        raise typer.BadParameter("--alpha needs --rank (lora_config is replaced as a whole)")
+    fields: dict[str, Any] = {k: v for k, v in {"description": description, "fileset": fileset,
+                                                 "enabled": enabled}.items() if v is not None}
+    if rank is not None:
+        fields["lora_config"] = {"rank": rank, **({"alpha": alpha} if alpha is not None else {})}
+    if not fields:
+        raise typer.BadParameter("nothing to change: give --description, --fileset, --rank or --enabled/--disabled")
+    _update_adapter(url, workspace, name, fields, as_json)
+
+
+@adapters_app.command("enable")
+def adapters_enable(name: str, workspace: Workspace = "default", url: Url = None, as_json: AsJson = False) -> None:
+    """Enable an adapter (an attached one is loaded into its endpoint's replicas again)."""
+    _update_adapter(url, workspace, name, {"enabled": True}, as_json)
+
+
+@adapters_app.command("disable")
+def adapters_disable(name: str, workspace: Workspace = "default", url: Url = None, as_json: AsJson = False) -> None:
+    """Disable an adapter (an attached one is unloaded and answers 404 until enabled)."""
+    _update_adapter(url, workspace, name, {"enabled": False}, as_json)
+
+
 @adapters_app.command("delete")
 def adapters_delete(name: str, workspace: Workspace = "default", url: Url = None) -> None:
     """Delete an adapter."""
     _run(lambda: _client(url).adapters.delete(workspace, name))
-    console.print(f"deleted adapter {workspace}/{name}")
+    console.print(Text(f"deleted adapter {workspace}/{name}"))
 
 
-if __name__ == "__main__":
-    app()
+ENDPOINT_COLUMNS = [Col("id", whole=True), Col("name"), Col("state"), Col("replicas"),
+                    Col("model", optional=True), Col("engine", optional=True)]
 
 
-ENDPOINT_COLUMNS = ["id", "name", "model", "state", "replicas", "engine", "error"]
+def _show_endpoints(endpoints: list[Endpoint] | Endpoint, as_json: bool) -> None:
+    """The endpoints table; an endpoint's error (often an engine log's tail) goes under it, first line only."""
+    _show(endpoints, ENDPOINT_COLUMNS, as_json)
+    if as_json:
+        return
+    for endpoint in endpoints if isinstance(endpoints, list) else [endpoints]:
+        if endpoint.error:
+            first, *more = endpoint.error.strip().splitlines() or [""]
+            hint = "  (the rest: `modelyard endpoints get ID`)" if more else ""
+            console.print(Text.assemble((endpoint.id, "bold"), ": ", ("error: ", "red"), first, hint), soft_wrap=True)
 
 
 @endpoints_app.command("list")
 def endpoints_list(url: Url = None, as_json: AsJson = False) -> None:
     """List endpoints."""
-    _show(_run(lambda: _client(url).endpoints.list()).data, ENDPOINT_COLUMNS, as_json)
+    _show_endpoints(_run(lambda: _client(url).endpoints.list()).data, as_json)
 
 
 @endpoints_app.command("get")
@@ -217,26 +388,107 @@ def endpoints_create(
         model=model, hardware=hardware, min_replicas=min_replicas, max_replicas=max_replicas,
         max_loras=max_loras, max_lora_rank=max_lora_rank, engine=engine, state="STOPPED" if stopped else "STARTED",
     ))
-    _show(created, ENDPOINT_COLUMNS, as_json)
+    _show_endpoints(created, as_json)
+
+
+def _pause(seconds: float) -> None:
+    """Between two polls of the server (one place, so tests can drive the loops)."""
+    time.sleep(seconds)
+
+
+NoWait = Annotated[bool, typer.Option("--no-wait", help="Return once the change is asked for, without waiting for it")]
+Timeout = Annotated[float, typer.Option(help="Seconds to wait before giving up (the change goes on regardless)")]
+POLL = 0.5
+
+
+def _change_state(url: str | None, endpoint_id: str, target: str, no_wait: bool, timeout: float) -> None:
+    """PATCH the state, then wait until the endpoint reports it (or fails), and print what is true then.
+
+    The PATCH answers at once with the state of that moment (still STARTED right after a stop): the
+    supervisor moves it on (PENDING → STARTING → STARTED, STOPPING → STOPPED) in the background.
+    """
+    client = _client(url)
+    endpoint = _run(lambda: client.endpoints.update(endpoint_id, state=target))
+    verb = "start" if target == "STARTED" else "stop"
+    if no_wait:
+        if endpoint.state != target:
+            console.print(Text(f"asked to {verb} {endpoint_id}: it is {endpoint.state} now and becomes {target} in "
+                               "the background (watch it with `modelyard endpoints list`)"), soft_wrap=True)
+            return
+        _show_endpoints(endpoint, False)
+        return
+    deadline = time.monotonic() + timeout
+    with console.status(Text(f"waiting for {endpoint_id} to be {target}: {endpoint.state}")) as status:
+        while endpoint.state != target:
+            if target == "STARTED" and endpoint.state in ("ERROR", "STOPPED"):
+                break  # failed to start, or stopped meanwhile: no use waiting
+            if time.monotonic() > deadline:
+                _show_endpoints(endpoint, False)
+                raise _fail(f"{endpoint_id} is still {endpoint.state} after {timeout:g} s; it becomes {target} "
+                            "in the background (or use --timeout)")
+            _pause(POLL)
+            endpoint = _run(lambda: client.endpoints.retrieve(endpoint_id))
+            status.update(Text(f"waiting for {endpoint_id} to be {target}: {endpoint.state}"))
+    _show_endpoints(endpoint, False)
+    if endpoint.state != target:
+        raise _fail(f"{endpoint_id} did not start: it is {endpoint.state}")
 
 
 @endpoints_app.command("start")
-def endpoints_start(endpoint_id: str, url: Url = None) -> None:
-    """Ask for the endpoint to run (state STARTED)."""
-    _show(_run(lambda: _client(url).endpoints.update(endpoint_id, state="STARTED")), ENDPOINT_COLUMNS, False)
+def endpoints_start(endpoint_id: str, no_wait: NoWait = False, timeout: Timeout = 900, url: Url = None) -> None:
+    """Start the endpoint's replicas and wait until it is STARTED (its attached adapters loaded)."""
+    _change_state(url, endpoint_id, "STARTED", no_wait, timeout)
 
 
 @endpoints_app.command("stop")
-def endpoints_stop(endpoint_id: str, url: Url = None) -> None:
-    """Stop the endpoint's replicas (its adapters stay attached)."""
-    _show(_run(lambda: _client(url).endpoints.update(endpoint_id, state="STOPPED")), ENDPOINT_COLUMNS, False)
+def endpoints_stop(endpoint_id: str, no_wait: NoWait = False, timeout: Timeout = 120, url: Url = None) -> None:
+    """Stop the endpoint's replicas and wait until it is STOPPED (its adapters stay attached)."""
+    _change_state(url, endpoint_id, "STOPPED", no_wait, timeout)
 
 
 @endpoints_app.command("delete")
 def endpoints_delete(endpoint_id: str, url: Url = None) -> None:
     """Delete an endpoint (stops its replicas and detaches its adapters)."""
     _run(lambda: _client(url).endpoints.delete(endpoint_id))
-    console.print(f"deleted {endpoint_id}")
+    console.print(Text(f"deleted {endpoint_id}"))
+
+
+LOG_POLL = 1.0
+
+
+@endpoints_app.command("logs")
+def endpoints_logs(
+    endpoint_id: str,
+    tail: Annotated[int, typer.Option("--tail", "-n", min=0, max=10_000, help="how many of the last lines")] = 100,
+    replica: Annotated[int | None, typer.Option(help="the replica's number (default: the newest running one)")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new lines (Ctrl-C stops)")] = False,
+    url: Url = None,
+) -> None:
+    """Print an endpoint's engine log: the newest running replica's (or the last one's when none runs)."""
+    client = _client(url)
+    log = _run(lambda: client.endpoints.logs(endpoint_id, tail=tail, replica=replica))
+    if len(log.replicas) > 1 and replica is None:
+        note = f"replica {log.replica} (replicas with logs: {', '.join(map(str, log.replicas))}; --replica N for another)"
+        err_console.print(Text(note, style="dim"))
+    typer.echo(log.text, nl=False)
+    if not follow:
+        return
+    current, offset = log.replica, log.offset
+    try:
+        while True:
+            _pause(LOG_POLL)
+            if current is not None:
+                more = _run(lambda r=current, o=offset: client.endpoints.logs(endpoint_id, tail=10_000, replica=r,
+                                                                              offset=o))
+                typer.echo(more.text, nl=False)
+                offset = more.offset
+            if replica is None:  # follow the endpoint: a replacement replica, or the first one to start
+                newest = _run(lambda: client.endpoints.logs(endpoint_id, tail=0))
+                if newest.replica is not None and newest.replica != current:
+                    err_console.print(Text(f"==> replica {newest.replica} <==", style="dim"))
+                    current, offset = newest.replica, 0
+    except KeyboardInterrupt:
+        return
 
 
 @endpoints_app.command("attach")
@@ -246,21 +498,22 @@ def endpoints_attach(
     url: Url = None,
 ) -> None:
     """Attach an adapter; it is loaded into every running replica before this returns."""
-    console.print(_run(lambda: _client(url).endpoints.adapters.add(endpoint_id, model_id=model_id)))
+    console.print(Text(_run(lambda: _client(url).endpoints.adapters.add(endpoint_id, model_id=model_id))))
 
 
 @endpoints_app.command("adapters")
 def endpoints_adapters(endpoint_id: str, url: Url = None, as_json: AsJson = False) -> None:
     """List the adapters attached to an endpoint."""
     listed = _run(lambda: _client(url).endpoints.adapters.list(endpoint_id))
-    _show(listed.data, ["model_id", "adapter_name", "endpoint_name"], as_json)
+    _show(listed.data, [Col("model_id", whole=True), Col("adapter_name"), Col("endpoint_name", optional=True)],
+          as_json)
 
 
 @endpoints_app.command("detach")
 def endpoints_detach(endpoint_id: str, model_id: str, url: Url = None) -> None:
     """Detach an adapter; requests for it answer 404 from then on."""
     _run(lambda: _client(url).endpoints.adapters.remove(endpoint_id, model_id=model_id))
-    console.print(f"detached {model_id}")
+    console.print(Text(f"detached {model_id}"))
 
 
 def _split_ref(reference: str) -> tuple[str, str]:
@@ -280,7 +533,7 @@ def _bytes_progress(verb: str) -> Any:
         TransferSpeedColumn,
     )
 
-    return Progress(TextColumn(f"[bold]{verb}[/bold]"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+    return Progress(TextColumn(f"[bold]{escape(verb)}[/bold]"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                     TimeRemainingColumn(), console=console, transient=False)
 
 
@@ -304,8 +557,8 @@ def filesets_upload(
             on_start=lambda total: progress.update(task, total=total),
             progress=lambda n: progress.advance(task, n),
         ))
-    console.print(f"{workspace}/{name}: uploaded {len(report.transferred)} files ({report.bytes} bytes), "
-                  f"{len(report.skipped)} unchanged")
+    console.print(Text(f"{workspace}/{name}: uploaded {len(report.transferred)} files ({report.bytes} bytes), "
+                       f"{len(report.skipped)} unchanged"))
 
 
 @filesets_app.command("download")
@@ -325,19 +578,108 @@ def filesets_download(
             on_start=lambda total: progress.update(task, total=total),
             progress=lambda n: progress.advance(task, n),
         ))
-    console.print(f"{workspace}/{name}: downloaded {len(report.transferred)} files ({report.bytes} bytes), "
-                  f"{len(report.skipped)} already there")
+    console.print(Text(f"{workspace}/{name}: downloaded {len(report.transferred)} files ({report.bytes} bytes), "
+                       f"{len(report.skipped)} already there"))
+
+
+FILESET_COLUMNS = [Col("workspace"), Col("name"), Col("purpose"), Col("description"), Col("created_at", optional=True)]
+
+
+@filesets_app.command("delete")
+def filesets_delete(fileset: Annotated[str, typer.Argument(help="ws/name")], url: Url = None) -> None:
+    """Delete a fileset and its files (refused while a model or adapter uses it)."""
+    workspace, name = _split_ref(fileset)
+    _run(lambda: _client(url).filesets.delete(workspace, name))
+    console.print(Text(f"deleted fileset {workspace}/{name}"))
 
 
 @filesets_app.command("list")
 def filesets_list(workspace: Workspace = "-", url: Url = None, as_json: AsJson = False) -> None:
     """List filesets (all workspaces by default)."""
     page = _run(lambda: _client(url).filesets.list(workspace))
-    _show(list(page.auto_paging_iter()), ["workspace", "name", "purpose", "description", "created_at"], as_json)
+    _show(list(page.auto_paging_iter()), FILESET_COLUMNS, as_json)
 
 
 @filesets_app.command("files")
 def filesets_files(fileset: str, url: Url = None, as_json: AsJson = False) -> None:
     """List the files of a fileset with their sizes and sha256."""
     workspace, name = _split_ref(fileset)
-    _show(_run(lambda: _client(url).filesets.list_files(workspace, name)).data, ["path", "size", "sha256"], as_json)
+    _show(_run(lambda: _client(url).filesets.list_files(workspace, name)).data,
+          [Col("path"), Col("size"), Col("sha256", whole=True)], as_json)
+
+
+CHAT_COMMANDS = "/reset forgets the conversation, /exit (or Ctrl-D) ends it, Ctrl-C stops an answer"
+
+
+@app.command()
+def chat(
+    model: Annotated[str, typer.Argument(help="an adapter, <endpoint_name>:<adapter>, or an endpoint name (its base)")],
+    prompt: Annotated[str | None, typer.Argument(help="ask this once; leave it out to chat")] = None,
+    max_tokens: Annotated[int, typer.Option(min=1, help="longest answer, in tokens")] = 256,
+    temperature: Annotated[float | None, typer.Option(min=0.0, help="0 for greedy [default: the engine's]")] = None,
+    system: Annotated[str | None, typer.Option(help="system message that opens the conversation")] = None,
+    workspace: Annotated[str, typer.Option("--workspace", "-w", help="workspace adapter names resolve in")] = "default",
+    url: Url = None,
+) -> None:
+    """Chat with a served model: the answer is printed as it is generated.
+
+    With PROMPT: one question, one answer. Without: a conversation, each line a turn (the model sees what
+    was said before).
+    """
+    client = _client(url, timeout=300)  # the first token may wait for a replica to start
+    opening = [{"role": "system", "content": system}] if system else []
+    messages = list(opening)
+    params: dict[str, Any] = {"max_tokens": max_tokens}
+    if temperature is not None:
+        params["temperature"] = temperature
+    if prompt is not None:
+        messages.append({"role": "user", "content": prompt})
+        _run(lambda: _stream_answer(client, model, messages, params, workspace, []))
+        return
+    console.print(Text(f"Chatting with {model}. {CHAT_COMMANDS}.", style="dim"), soft_wrap=True)
+    while True:
+        try:
+            line = console.input(Text("> ", style="bold"))
+        except (EOFError, KeyboardInterrupt):
+            console.print()
+            return
+        if not line.strip():
+            continue
+        if line.strip() in ("/exit", "/quit"):
+            return
+        if line.strip() == "/reset":
+            messages = list(opening)
+            console.print(Text("(conversation forgotten)", style="dim"))
+            continue
+        messages.append({"role": "user", "content": line})
+        answer: list[str] = []
+        try:
+            _stream_answer(client, model, messages, params, workspace, answer)
+        except KeyboardInterrupt:
+            typer.echo("")
+            console.print(Text("(answer stopped)", style="dim"))
+        except ModelyardError as exc:
+            console.print(Text.assemble(("error:", "red"), " ", str(exc)))
+            messages.pop()  # the turn did not happen: ask again
+            continue
+        messages.append({"role": "assistant", "content": "".join(answer)})
+
+
+def _stream_answer(client: Modelyard, model: str, messages: list[dict[str, Any]], params: dict[str, Any],
+                   workspace: str, answer: list[str]) -> None:
+    """Print the answer's pieces as they arrive (as plain text: no markup), collecting them in ``answer``."""
+    chunks = client.chat.stream(model=model, messages=messages, workspace=workspace, **params)
+    try:
+        for chunk in chunks:
+            for choice in chunk.get("choices") or []:
+                piece = (choice.get("delta") or {}).get("content")
+                if piece:
+                    answer.append(piece)
+                    typer.echo(piece, nl=False)
+    finally:
+        chunks.close()  # also when interrupted: the request ends here, not when collected
+    typer.echo("")
+
+
+if __name__ == "__main__":
+    app(prog_name="modelyard")
