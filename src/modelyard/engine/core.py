@@ -6,6 +6,11 @@ requests join and leave between steps. The batch cache is left-padded to a commo
 attention mask, and each row carries its own position ids, so a row's numbers do not depend on
 its neighbours. Rows of one step may use different adapters: see :mod:`modelyard.engine.lora`.
 
+Caches are built from the model's config, so a sliding-window layer (Gemma 3, Mistral) keeps only
+the last ``sliding_window - 1`` columns, as ``transformers`` keeps them, and the cache surgery that
+merges and drops rows keeps each layer's kind (see :meth:`Engine._merge`). A request stops on any
+eos id of the checkpoint's ``generation_config.json``, its config and its tokenizer.
+
 Adapter tiers, as in vLLM: ``max_loras`` adapters are resident in the batched weights; up to
 ``max_cpu_loras`` more are kept parsed in memory (least recently used out); any other loaded
 adapter is read again from its path when a request needs it.
@@ -23,7 +28,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, GenerationConfig
+from transformers.cache_utils import get_layer_types_and_kwargs
 
 from modelyard.engine.lora import AdapterError, LoraBank, LoraWeights, base_layer_shapes, read_adapter
 
@@ -99,6 +105,10 @@ class Engine:
         self.model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32).eval()
         self.max_context = int(getattr(self.model.config, "max_position_embeddings", 2048) or 2048)
         self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0])  # logits per position
+        generation_config = _generation_config(self.model_path)
+        self.eos_token_ids: set[int] = _eos_token_ids(generation_config, self.model.config, self.tokenizer)
+        self.generation_defaults: dict[str, float | int] = _sampling_defaults(generation_config)
+        self.windows = _cache_windows(self.model.config)  # per layer: sliding window, or None (full)
         self.max_loras = max_loras
         self.max_cpu_loras = max(max_cpu_loras if max_cpu_loras is not None else max_loras, max_loras)
         self.max_lora_rank = max_lora_rank
@@ -281,7 +291,8 @@ class Engine:
         ids = torch.tensor([gen.prompt_ids], dtype=torch.long)
         self.bank.set_rows([gen.slot])
         out = self.model(
-            input_ids=ids, position_ids=torch.arange(ids.shape[1]).unsqueeze(0), use_cache=True
+            input_ids=ids, position_ids=torch.arange(ids.shape[1]).unsqueeze(0),
+            past_key_values=DynamicCache(config=self.model.config), use_cache=True,
         )
         gen.position = ids.shape[1]
         if self._advance(gen, out.logits[0, -1]):
@@ -318,8 +329,7 @@ class Engine:
     def _advance(self, gen: Generation, logits: torch.Tensor) -> bool:
         """Sample one token for ``gen``, emit new text; True when the request is finished."""
         token = _sample(logits, gen)
-        eos = self.tokenizer.eos_token_id
-        if token == eos:
+        if token in self.eos_token_ids:
             return self._finish(gen, "stop")
         gen.output_ids.append(token)
         gen.text = self.tokenizer.decode(gen.output_ids, skip_special_tokens=True)
@@ -358,20 +368,28 @@ class Engine:
                 self.bank.clear(gen.slot)
 
     # ----- batch cache surgery -------------------------------------------------------------------
+    #
+    # The batch has ``columns`` = ``self.mask.shape[1]`` positions, left-padded per row; each row's real
+    # tokens are its last columns, contiguous, so column distances are position distances and the
+    # sliding-window mask, which transformers builds over columns, is each row's own window. A full
+    # layer holds every column; a sliding layer (as transformers' DynamicSlidingWindowLayer does)
+    # only the last ``window - 1`` and counts ``columns`` in ``cumulative_length``, which is what its
+    # mask offsets are computed from. Rebuilt caches keep that invariant layer by layer.
 
     def _merge(self, cache: DynamicCache, mask: torch.Tensor) -> None:
         if self.cache is None or self.mask is None or not self.running:
             self.cache, self.mask = cache, mask
             return
-        length = max(self.mask.shape[1], mask.shape[1])
-        data = []
-        for old, new in zip(self.cache.layers, cache.layers, strict=True):
-            data.append((
-                torch.cat([_left_pad(old.keys, length, 2), _left_pad(new.keys, length, 2)]),
-                torch.cat([_left_pad(old.values, length, 2), _left_pad(new.values, length, 2)]),
+        columns = max(self.mask.shape[1], mask.shape[1])
+        parts = []
+        for window, old, new in zip(self.windows, self.cache.layers, cache.layers, strict=True):
+            width = _stored(window, columns)
+            parts.append(tuple(
+                torch.cat([_left_pad(a[:, :, -width:], width, 2), _left_pad(b[:, :, -width:], width, 2)])
+                for a, b in ((old.keys, new.keys), (old.values, new.values))
             ))
-        self.cache = DynamicCache(ddp_cache_data=data)
-        self.mask = torch.cat([_left_pad(self.mask, length, 1), _left_pad(mask, length, 1)])
+        self.cache = self._cache_from(parts, columns)
+        self.mask = torch.cat([_left_pad(self.mask, columns, 1), _left_pad(mask, columns, 1)])
 
     def _select(self, keep: list[int]) -> None:
         self.running = [self.running[i] for i in keep]
@@ -381,12 +399,74 @@ class Engine:
         index = torch.tensor(keep, dtype=torch.long)
         mask = self.mask.index_select(0, index)
         start = int((mask.sum(0) > 0).nonzero()[0])  # drop columns that are padding for every row
-        data = [
-            (layer.keys.index_select(0, index)[:, :, start:], layer.values.index_select(0, index)[:, :, start:])
-            for layer in self.cache.layers
-        ]
-        self.cache = DynamicCache(ddp_cache_data=data)
+        columns = mask.shape[1] - start
+        parts = []
+        for window, layer in zip(self.windows, self.cache.layers, strict=True):
+            width = _stored(window, columns)
+            parts.append((layer.keys.index_select(0, index)[:, :, -width:],
+                          layer.values.index_select(0, index)[:, :, -width:]))
+        self.cache = self._cache_from(parts, columns)
         self.mask = mask[:, start:]
+
+    def _cache_from(self, parts: list[tuple[torch.Tensor, torch.Tensor]], columns: int) -> DynamicCache:
+        """A cache of the model's layer kinds holding ``parts`` (each already cut to what its layer
+        stores) for a batch of ``columns`` positions."""
+        cache = DynamicCache(config=self.model.config)
+        for layer, (keys, values) in zip(cache.layers, parts, strict=True):
+            layer.lazy_initialization(keys, values)
+            layer.keys, layer.values = keys, values
+            if layer.is_sliding:
+                layer.cumulative_length = columns
+        return cache
+
+
+def _stored(window: int | None, columns: int) -> int:
+    """How many of ``columns`` positions a layer keeps: all, or the last ``window - 1`` (sliding)."""
+    return columns if window is None else min(columns, window - 1)
+
+
+def _cache_windows(config: Any) -> list[int | None]:
+    """Each layer's sliding window (None: full attention), from the model's config. Other kinds
+    (chunked, linear or shared attention, ...) are refused: their caches are not rebuilt here."""
+    layer_types, kwargs = get_layer_types_and_kwargs(config.get_text_config(decoder=True))
+    unsupported = sorted(set(layer_types) - {"full_attention", "sliding_attention"})
+    if unsupported:
+        raise ValueError(f"the built-in engine does not support {', '.join(unsupported)} layers")
+    return [kw["sliding_window"] if kind == "sliding_attention" else None for kind, kw in zip(layer_types, kwargs)]
+
+
+def _generation_config(model_path: str) -> GenerationConfig | None:
+    try:
+        return GenerationConfig.from_pretrained(model_path)
+    except OSError:  # the checkpoint has no generation_config.json
+        return None
+
+
+def _ids(value: Any) -> set[int]:
+    if value is None:
+        return set()
+    return {int(value)} if isinstance(value, int) else {int(v) for v in value}
+
+
+def _eos_token_ids(generation: GenerationConfig | None, config: Any, tokenizer: Any) -> set[int]:
+    """Every id that ends a generation: generation_config.json's ``eos_token_id`` (an id or a list:
+    chat checkpoints list their end-of-turn tokens there), the model config's, and the tokenizer's."""
+    ids = _ids(getattr(generation, "eos_token_id", None))
+    ids |= _ids(getattr(config.get_text_config(decoder=True), "eos_token_id", None))
+    ids |= _ids(tokenizer.eos_token_id)
+    return ids
+
+
+SAMPLING_DEFAULTS = {"temperature": float, "top_p": float, "top_k": int, "repetition_penalty": float}
+
+
+def _sampling_defaults(generation: GenerationConfig | None) -> dict[str, float | int]:
+    """The sampling parameters generation_config.json sets, which vLLM uses as defaults for requests
+    that leave them unset (whatever ``do_sample`` says)."""
+    if generation is None:
+        return {}
+    return {name: cast(getattr(generation, name)) for name, cast in SAMPLING_DEFAULTS.items()
+            if getattr(generation, name, None) is not None}
 
 
 def _left_pad(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:
