@@ -7,6 +7,7 @@ databases in test_router.py).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import threading
@@ -192,6 +193,33 @@ def test_a_replica_killed_mid_stream_ends_the_stream_with_an_error_event(
     data = [line for line in lines if line.startswith("data: ")]
     assert data[-1] == "data: [DONE]"
     assert '"code": "engine_unavailable"' in data[-2] and "stopped while streaming" in data[-2]
+
+
+def _engines_under(home: Path) -> list[int]:
+    """Pids of engine processes serving files under ``home``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if b"modelyard.engine" in cmdline and str(home).encode() in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def test_a_server_stopping_while_a_replica_starts_leaves_no_engine(
+    app: FastAPI, registry: tuple[Modelyard, Together], settings: Settings
+) -> None:
+    """Regression: an engine started by a start that was cancelled (server shutdown) was orphaned."""
+    _, tg = registry
+    tg.endpoints.create(model="default/tiny", hardware="cpu", autoscaling={"min_replicas": 1, "max_replicas": 1})
+    wait_for(lambda: _engines_under(settings.home), what="an engine process starting")
+    supervisor = app.state.supervisor
+    assert not any(rt.replicas for rt in supervisor.runtimes.values())  # still starting: not a replica yet
+    loop = supervisor._loop_task.get_loop()
+    asyncio.run_coroutine_threadsafe(supervisor.stop(), loop).result(60)
+    wait_for(lambda: not _engines_under(settings.home), timeout=15, what="no engine left")
 
 
 def test_hot_swap_while_requests_flow(app: FastAPI, registry: tuple[Modelyard, Together], live_server: str) -> None:

@@ -405,11 +405,16 @@ class Supervisor:
             env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         process = EngineProcess(argv=argv, url=f"http://127.0.0.1:{port}", log_path=log_path, env=env)
         log.info("starting replica", extra={"endpoint": view.name, "engine": view.engine, "port": port})
-        await anyio.to_thread.run_sync(process.start)
-        await anyio.to_thread.run_sync(process.wait_healthy, self.settings.engine_start_timeout)
+        process.start()  # a fork and exec (milliseconds), on the loop: no cancellation can lose the child
         replica = Replica(process=process, client=EngineClient(process.url))
         try:
+            await anyio.to_thread.run_sync(process.wait_healthy, self.settings.engine_start_timeout)
             await self._sync_adapters(replica, view)
+        except asyncio.CancelledError:
+            # the start was abandoned (the server is stopping): leave no engine behind, even
+            # though nothing can be awaited any more
+            process.stop(grace=2.0)
+            raise
         except BaseException:
             await self._stop_replica(replica)
             raise
