@@ -8,6 +8,8 @@ are longer than the window and generations run well past it.
 
 from __future__ import annotations
 
+import json
+import shutil
 import threading
 from pathlib import Path
 
@@ -119,6 +121,22 @@ def test_generation_config_is_read(arch: str, models: dict[str, Path]) -> None:
         assert tok.eos_token_id in engine.eos_token_ids
         wanted = {k: v for k, v in spec.sampling.items() if k in ("temperature", "top_p", "top_k", "repetition_penalty")}
         assert engine.generation_defaults == wanted
+    finally:
+        engine.shutdown()
+
+
+@pytest.mark.parametrize("arch", ["llama3"])
+def test_eos_ids_without_generation_config(arch: str, models: dict[str, Path], tmp_path: Path) -> None:
+    """No generation_config.json: the config's eos ids (one or a list) and the tokenizer's; no defaults."""
+    base = tmp_path / "base"
+    shutil.copytree(models["base"], base)
+    (base / "generation_config.json").unlink()
+    config = json.loads((base / "config.json").read_text())
+    (base / "config.json").write_text(json.dumps({**config, "eos_token_id": [4, 5]}))
+    engine = Engine(base, max_loras=1)
+    try:
+        assert engine.eos_token_ids == {engine.tokenizer.eos_token_id, 4, 5}
+        assert engine.generation_defaults == {}
     finally:
         engine.shutdown()
 
