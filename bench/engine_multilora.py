@@ -1,7 +1,8 @@
 """Multi-LoRA throughput of the built-in engine against plain peft, on a model where arithmetic dominates.
 
 16 concurrent requests (same prompt length, same max_tokens, greedy) on a fixture llama with
-hidden size 1024 by default (``--hidden``), run five ways in one process:
+hidden size 1024 by default (``--hidden``; ``--arch`` picks another fixture architecture: llama3,
+qwen2, gemma3 or mistral, whose sliding window is 16 positions), run five ways in one process:
   engine/base      all 16 on the base model
   engine/one       all 16 on one adapter
   engine/distinct  each on a different adapter (16 adapters resident)
@@ -26,13 +27,19 @@ import torch
 
 from modelyard.engine.client import EngineClient
 from modelyard.engine.core import Engine, Generation, SamplingParams
-from modelyard.engine.fixtures import ADAPTER_TEXTS, TinyModelShape, build_adapter, build_base_model
+from modelyard.engine.fixtures import (
+    ADAPTER_TEXTS,
+    ARCHITECTURES,
+    TinyModelShape,
+    build_adapter,
+    build_base_model,
+)
 
 
-def build(root: Path, adapters: int, hidden: int = 512) -> tuple[Path, list[Path]]:
+def build(root: Path, adapters: int, hidden: int = 512, arch: str = "llama") -> tuple[Path, list[Path]]:
     shape = TinyModelShape(hidden_size=hidden, intermediate_size=hidden * 11 // 4, num_hidden_layers=4,
                            num_attention_heads=hidden // 64, num_key_value_heads=hidden // 64)
-    base = build_base_model(root / "base", shape)
+    base = build_base_model(root / "base", shape, arch=arch)
     texts = list(ADAPTER_TEXTS.values())
     paths = [build_adapter(base, root / f"a{i:02d}", texts[i % len(texts)], rank=8, steps=1, seed=i)
              for i in range(adapters)]
@@ -103,6 +110,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--prompt-tokens", type=int, default=16)
     parser.add_argument("--hidden", type=int, default=1024, help="hidden size of the fixture model (>= 512)")
+    parser.add_argument("--arch", default="llama", choices=["llama", *ARCHITECTURES],
+                        help="fixture architecture (default: the original llama fixture)")
     parser.add_argument("--no-vllm", action="store_true", help="skip the vLLM CPU comparison")
     args = parser.parse_args()
     from modelyard.engine.vllm import vllm_python
@@ -113,14 +122,16 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
 
     with tempfile.TemporaryDirectory(prefix="modelyard-bench-") as tmp:
-        base, adapter_paths = build(Path(tmp), n, args.hidden)
+        base, adapter_paths = build(Path(tmp), n, args.hidden, args.arch)
         names = [p.name for p in adapter_paths]
         engine = Engine(base, max_loras=n, max_lora_rank=8, max_batch=n)
+        engine.eos_token_ids = set()  # every request runs max_tokens, as vLLM's ignore_eos and peft's min_new_tokens
         for name, path in zip(names, adapter_paths, strict=True):
             engine.load_adapter(name, str(path))
         vocab = engine.tokenizer.vocab_size
         gen = torch.Generator().manual_seed(0)
-        prompts = [torch.randint(3, vocab, (args.prompt_tokens,), generator=gen).tolist() for _ in range(n)]
+        first = len(ARCHITECTURES[args.arch].special_tokens) if args.arch in ARCHITECTURES else 3  # no special tokens
+        prompts = [torch.randint(first, vocab, (args.prompt_tokens,), generator=gen).tolist() for _ in range(n)]
         engine_run(engine, prompts[:2], [None, names[0]], 4)  # warm-up
         results = {
             "engine/base": engine_run(engine, prompts, [None] * n, args.max_tokens),
@@ -137,7 +148,8 @@ def main() -> None:
         for name, path in zip(names[1:], adapter_paths[1:], strict=True):
             peft_model.load_adapter(path, adapter_name=name)
         peft_model.eval()
-        kwargs = {"max_new_tokens": args.max_tokens, "min_new_tokens": args.max_tokens, "do_sample": False}
+        kwargs = {"max_new_tokens": args.max_tokens, "min_new_tokens": args.max_tokens, "do_sample": False,
+                  "repetition_penalty": 1.0}  # qwen2's generation_config sets 1.05: the same work for every mode
         with torch.inference_mode():
             started = time.perf_counter()
             for ids, name in zip(prompts, names, strict=True):
@@ -151,7 +163,8 @@ def main() -> None:
         if with_vllm:
             results.update(vllm_runs(base, adapter_paths, prompts, args.max_tokens, Path(tmp) / "vllm.log"))
 
-    print(f"requests={n} prompt_tokens={args.prompt_tokens} max_tokens={args.max_tokens} hidden={args.hidden} layers=4")
+    print(f"arch={args.arch} requests={n} prompt_tokens={args.prompt_tokens} max_tokens={args.max_tokens} "
+          f"hidden={args.hidden} layers=4")
     print(f"weights read per decode step: base {base_bytes / 2**20:.0f} MiB, {n} distinct adapters "
           f"{lora_bytes / 2**20:.0f} MiB ({lora_bytes / base_bytes:.2f} of the base)")
     for label, tps in results.items():
