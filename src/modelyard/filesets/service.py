@@ -1,19 +1,21 @@
 """Fileset rules: names, storage, uploads that cannot corrupt anything, ranges, deletes that orphan nothing.
 
-Uploads stream: the body is read chunk by chunk, hashed while it streams, and written to storage
-under a temporary name (or an uncompleted multipart upload on S3) that becomes visible only when the
-whole body has arrived and matched the client's digest. The file's row is written after that, so a
-listing never shows a partial file and an interrupted upload leaves the previous version in place.
+Uploads stream: the event loop only receives the body; a worker thread hashes and writes it, a
+batch at a time while the next batch arrives, to storage under a temporary name (or an uncompleted
+multipart upload on S3) that becomes visible only when the whole body has arrived and matched the
+client's digest. The file's row is written after that, so a listing never shows a partial file and
+an interrupted upload leaves the previous version in place.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
 import hashlib
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
@@ -46,12 +48,12 @@ from modelyard.filesets.schemas import (
 )
 from modelyard.listing import ListQuery, Page
 from modelyard.spec import Files
-from modelyard.storage import FileStore, cached_copy, open_store
+from modelyard.storage import FileStore, Writer, cached_copy, open_store
 from modelyard.workspaces import store as workspace_store
 
 PREFIX = "/apis/files/v2/workspaces"
 T = TypeVar("T")
-WRITE_BUFFER = 1 << 20
+UPLOAD_BATCH = 4 << 20  # bytes of an upload handed to the storage thread at a time
 
 
 def storage_call(fn: Callable[..., T], *args: Any) -> T:
@@ -210,6 +212,51 @@ def entry(row: tables.Fileset, item: tables.FilesetFile) -> FileEntry:
     )
 
 
+class _Sink:
+    """Hashes and writes the body, in a worker thread: the event loop only receives."""
+
+    def __init__(self, writer: Writer) -> None:
+        self.writer = writer
+        self.digest = hashlib.sha256()
+
+    def take(self, chunks: list[bytes]) -> None:
+        for chunk in chunks:  # the server's own chunks, never joined: no copy of the bytes here
+            self.digest.update(chunk)
+            self.writer.write(chunk)
+
+
+async def receive_file(body: AsyncIterator[bytes], writer: Writer, limit: int) -> tuple[int, str]:
+    """Write ``body`` to ``writer``; return its size and sha256. The body is handed to a worker thread
+    in batches of ``UPLOAD_BATCH`` bytes, one batch being hashed and written while the next one
+    arrives (so at most two batches are held). The writer is neither committed nor aborted here, but
+    no thread is still writing to it when this returns or raises."""
+    sink = _Sink(writer)
+    size, batched = 0, 0
+    batch: list[bytes] = []
+    in_flight: asyncio.Task[None] | None = None
+    try:
+        async for chunk in body:
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"File is larger than the limit of {limit} bytes "
+                                      "(MODELYARD_MAX_FILE_SIZE); nothing was stored")
+            batch.append(chunk)
+            batched += len(chunk)
+            if batched >= UPLOAD_BATCH:
+                if in_flight is not None:
+                    await in_flight
+                in_flight = asyncio.ensure_future(storage_run(sink.take, batch))
+                batch, batched = [], 0
+        if in_flight is not None:
+            await in_flight
+        if batch:
+            await storage_run(sink.take, batch)
+    finally:
+        if in_flight is not None:  # its thread cannot be stopped: let it finish before the writer is aborted
+            await asyncio.gather(in_flight, return_exceptions=True)
+    return size, sink.digest.hexdigest()
+
+
 async def upload(db: Database, settings: Settings, workspace: str, name: str, path: str, request: Request) -> FileEntry:
     check_path(path)
     declared = request.headers.get("content-length")
@@ -219,21 +266,8 @@ async def upload(db: Database, settings: Settings, workspace: str, name: str, pa
     expected = _expected_digest(request)
     located = await locate(db, settings, workspace, name)
     writer = await storage_run(located.store.writer, path)
-    digest, size, pending = hashlib.sha256(), 0, bytearray()
     try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > settings.max_file_size:
-                raise PayloadTooLarge(f"File is larger than the limit of {settings.max_file_size} bytes "
-                                      "(MODELYARD_MAX_FILE_SIZE); nothing was stored")
-            digest.update(chunk)
-            pending += chunk
-            if len(pending) >= WRITE_BUFFER:
-                block, pending = bytes(pending), bytearray()
-                await storage_run(writer.write, block)
-        if pending:
-            await storage_run(writer.write, bytes(pending))
-        actual = digest.hexdigest()
+        size, actual = await receive_file(request.stream(), writer, settings.max_file_size)
         if expected is not None and expected != actual:
             raise InvalidRequest(f"sha256 mismatch: the client announced {expected}, the body hashes to {actual}; "
                                  "nothing was stored")
