@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     supervisor_interval: float = 2.0
     """Seconds between the supervisor's passes over the endpoints (it also wakes on every change)."""
 
+    supervisor_max_backoff: float = 30.0
+    """Longest pause, in seconds, between supervisor passes while they fail (a database outage)."""
+
     vllm_python: str | None = None
     """Interpreter with vLLM installed, for endpoints with ``engine: vllm`` (default: see engine/vllm.py)."""
 

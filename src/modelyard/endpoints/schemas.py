@@ -72,6 +72,8 @@ class Endpoint(BaseModel):
     visibility: Literal["private", "public"]
     error: str | None = None
     replicas: int = Field(description="engine replicas running and healthy now")
+    degraded: bool = Field(default=False, description="a replica died and is being replaced (the state "
+                                                      "is STARTING while none is left alive)")
 
 
 class EndpointList(BaseModel):

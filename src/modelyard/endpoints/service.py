@@ -113,14 +113,19 @@ def hardware() -> HardwareList:
 
 def to_wire(row: tables.Endpoint, supervisor: Supervisor | None) -> Endpoint:
     runtime = supervisor.runtimes.get(row.id) if supervisor else None
+    live = runtime.live if runtime else 0
+    degraded = bool(runtime and row.desired_state == "STARTED" and runtime.degraded)
+    state = row.state
+    if state == "STARTED" and degraded and live == 0:
+        state = "STARTING"  # never STARTED with nothing to serve (the supervisor writes it soon too)
     return Endpoint(
         id=row.id, name=row.name, display_name=row.display_name, model=row.model, type=row.type,
         owner=row.workspace, hardware=row.hardware,
         autoscaling=Autoscaling(min_replicas=row.min_replicas, max_replicas=row.max_replicas),
-        state=row.state, created_at=row.created_at.replace(tzinfo=UTC), inactive_timeout=row.inactive_timeout,
+        state=state, created_at=row.created_at.replace(tzinfo=UTC), inactive_timeout=row.inactive_timeout,
         enable_lora=row.enable_lora, max_loras=row.max_loras, max_lora_rank=row.max_lora_rank, engine=row.engine,
         visibility=row.visibility, error=row.error,
-        replicas=sum(1 for r in runtime.replicas if r.process.alive()) if runtime else 0,
+        replicas=live, degraded=degraded,
     )
 
 

@@ -8,11 +8,16 @@ reads the endpoints and their attached adapters, and reconciles each endpoint in
   the next request until one is up again); start each on a free port, wait for ``/health``, load the
   endpoint's enabled attached adapters, and only then count it (PENDING → STARTING → STARTED);
 * a replica that dies is replaced after a back-off; after ``engine_max_failures`` failures in a row
-  the endpoint goes to ERROR with the reason in ``error``;
+  the endpoint goes to ERROR with the reason in ``error``. While a dead replica is being replaced the
+  endpoint reports ``degraded``; if no replica is left alive it goes back to STARTING (never STARTED
+  with nothing to serve: Together's SDK knows only its six states, so there is no DEGRADED state);
 * STOPPED: stop the replicas gracefully (STOPPING → STOPPED); an endpoint with ``inactive_timeout``
   (minutes) that served no request for that long is set to STOPPED, as Together does;
 * each replica's loaded adapters follow the database (attached and enabled), so a restart, a
   disabled adapter or a detach all converge the same way.
+
+A database outage does not stop the loop: a pass that fails is logged and the next one comes after a
+back-off (doubling up to ``supervisor_max_backoff`` seconds); running replicas keep serving meanwhile.
 
 The engines' pids are written to the endpoint row, so a server that was killed stops its orphans
 when it starts again; the database, not the processes, is the source of truth.
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -108,6 +114,16 @@ class Runtime:
     recorded_pids: list[int] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
     serial: int = 0
+    lost: int = 0  # replicas that died and are not replaced yet
+
+    @property
+    def live(self) -> int:
+        return sum(1 for r in self.replicas if r.process.alive())
+
+    @property
+    def degraded(self) -> bool:
+        """A replica died and is not replaced yet (noticed by the supervisor or not)."""
+        return self.lost > 0 or self.live < len(self.replicas)
 
     @property
     def in_flight(self) -> int:
@@ -187,6 +203,7 @@ class Supervisor:
     # ----- the loop ------------------------------------------------------------------------------
 
     async def _run(self) -> None:
+        failed_passes = 0
         while not self._stopping:
             try:
                 views = await anyio.to_thread.run_sync(self._read_endpoints)
@@ -199,10 +216,17 @@ class Supervisor:
                 for endpoint_id in list(self.runtimes):
                     if endpoint_id not in seen:  # deleted
                         await self.forget(endpoint_id)
+                failed_passes = 0
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("supervisor pass failed")
+                failed_passes += 1
+                delay = min(self.settings.supervisor_interval * 2.0 ** failed_passes, self.settings.supervisor_max_backoff)
+                log.exception("supervisor pass failed; next one after a back-off",
+                              extra={"failed_passes": failed_passes, "backoff_s": delay})
+                await asyncio.sleep(delay)  # wakes are ignored: every request may ask for one
+                self._wake.clear()
+                continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.supervisor_interval)
             self._wake.clear()
@@ -295,11 +319,18 @@ class Supervisor:
         for replica in list(runtime.replicas):
             if not replica.process.alive():
                 runtime.replicas.remove(replica)
+                runtime.lost += 1
                 await replica.client.aclose()
                 self._failed(runtime, now)
                 log.warning("replica died", extra={"endpoint": view.name, "pid": replica.process.pid,
                                                    "failures": runtime.failures})
+        if runtime.lost and not runtime.replicas and view.state == "STARTED" and view.desired_state == "STARTED":
+            # nothing left to serve: not STARTED until a replacement is up (the gateway answers 503
+            # with Retry-After meanwhile)
+            await self._set_state(runtime, view, "STARTING")
+            view = dataclasses.replace(view, state="STARTING")
         if view.desired_state == "STOPPED":
+            runtime.lost = 0
             if runtime.replicas:
                 await self._set_state(runtime, view, "STOPPING")
                 await self._stop_replicas(runtime)
@@ -344,9 +375,12 @@ class Supervisor:
                     self._wake_at(runtime.retry_at)
                 return
             runtime.replicas.append(replica)
+            runtime.lost = max(runtime.lost - 1, 0)
             if len(runtime.replicas) < target:
                 self.wake()
-        elif len(runtime.replicas) > target:
+        else:
+            runtime.lost = 0  # as many replicas as wanted: nothing is being replaced
+        if len(runtime.replicas) > target:
             idle = min(runtime.replicas, key=lambda r: r.in_flight)
             if idle.in_flight == 0:
                 runtime.replicas.remove(idle)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -20,10 +21,10 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from modelyard.db.session import in_db
 from modelyard.endpoints.supervisor import Replica, Runtime, Supervisor
-from modelyard.engine.client import EngineError
 from modelyard.errors import ApiError
 from modelyard.gateway.resolver import Target, callable_models, resolve
 
+log = logging.getLogger("modelyard.gateway")
 router = APIRouter(tags=["inference"])
 PREFIX = "/apis/inference-gateway/v2/workspaces/{workspace}/openai/-"
 RETRY_AFTER_S = 5
@@ -89,22 +90,19 @@ async def _proxy(request: Request, workspace: str, path: str) -> Response:
         replica = await _wait_for_replica(supervisor, runtime)
     if target.state != "STARTED" or replica is None:
         raise _not_serving(target)
-    replica.in_flight += 1
     if runtime is not None:
         runtime.last_request = time.monotonic()  # for inactive_timeout
-    if runtime is not None and runtime.in_flight > supervisor.settings.replica_target_in_flight * len(runtime.replicas):
+    if runtime is not None and runtime.in_flight + 1 > supervisor.settings.replica_target_in_flight * len(runtime.replicas):
         supervisor.wake()  # time to scale out
-    try:
-        upstream = await replica.client.send(path, {**body, "model": target.engine_model})
-    except EngineError as exc:
-        replica.in_flight -= 1
-        supervisor.wake()  # the replica may have died; let the supervisor look
-        raise ApiError(503, exc.message, code="engine_unavailable", kind="service_unavailable",
-                       retry_after=RETRY_AFTER_S) from None
+    upstream, replica = await _send(supervisor, runtime, replica, path, {**body, "model": target.engine_model})
     is_stream = upstream.headers.get("content-type", "").startswith("text/event-stream")
     if not is_stream:
         try:
             content = await upstream.aread()
+        except httpx.HTTPError as exc:
+            supervisor.wake()
+            raise ApiError(503, f"the engine replica stopped while answering: {exc!r}", code="engine_unavailable",
+                           kind="service_unavailable", retry_after=RETRY_AFTER_S) from None
         finally:
             await upstream.aclose()
             replica.in_flight -= 1
@@ -122,6 +120,45 @@ async def _proxy(request: Request, workspace: str, path: str) -> Response:
                         media_type=upstream.headers.get("content-type", "application/json"))
     return StreamingResponse(_relay(upstream, replica, requested), status_code=upstream.status_code,
                              media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def _retryable(exc: httpx.HTTPError) -> bool:
+    """True when the engine cannot have started on the request: no connection, or the connection was
+    refused, reset or closed before any response (a read timeout may mean it is still generating)."""
+    return isinstance(exc, httpx.TransportError) and not isinstance(
+        exc, httpx.ReadTimeout | httpx.WriteTimeout)
+
+
+async def _open(replica: Replica, path: str, body: dict[str, Any]) -> httpx.Response:
+    """Send the request to one replica and hand back the response unread (the caller closes it)."""
+    http = replica.client.http
+    return await http.send(http.build_request("POST", replica.client.base_url + path, json=body), stream=True)
+
+
+async def _send(supervisor: Supervisor, runtime: Runtime | None, replica: Replica, path: str,
+                body: dict[str, Any]) -> tuple[httpx.Response, Replica]:
+    """Send to ``replica``; if it dies before answering anything (connection refused or reset before
+    the response started), send once more to another live replica of the endpoint. The replica that
+    answers has the request counted in its ``in_flight`` (the caller lowers it when done)."""
+    tried: list[Replica] = []
+    while True:
+        replica.in_flight += 1
+        try:
+            return await _open(replica, path, body), replica
+        except httpx.HTTPError as exc:
+            replica.in_flight -= 1
+            supervisor.wake()  # the replica may have died; let the supervisor look
+            tried.append(replica)
+            log.warning("replica did not answer", extra={"url": replica.client.base_url, "error": repr(exc),
+                                                         "retry": _retryable(exc) and len(tried) == 1})
+            others = [r for r in runtime.replicas if r not in tried and r.process.alive()] if runtime else []
+            if not _retryable(exc) or len(tried) > 1 or not others:
+                reason = ("no other replica is live to retry on" if _retryable(exc) and len(tried) == 1
+                          else "the retry failed too" if len(tried) > 1 else "it stopped answering")
+                raise ApiError(503, f"engine replica at {replica.client.base_url} is unreachable ({exc!r}); "
+                                    f"{reason}; retry shortly", code="engine_unavailable",
+                               kind="service_unavailable", retry_after=RETRY_AFTER_S) from None
+            replica = min(others, key=lambda r: r.in_flight)
 
 
 def _not_serving(target: Target) -> ApiError:
@@ -182,21 +219,27 @@ async def _wait_for_replica(supervisor: Supervisor, runtime: Runtime) -> Replica
 
 
 async def _relay(upstream: httpx.Response, replica: Replica, model: str) -> AsyncIterator[bytes]:
-    """Pass the engine's events on; if the engine goes away mid-stream, end with an error event and
-    ``[DONE]`` so the client knows the answer is incomplete (a bare cut looks like a short answer)."""
+    """Pass the engine's events on; if the engine goes away mid-stream (or the stream ends without
+    ``[DONE]``), end with an error event in OpenAI's shape and ``[DONE]`` so the client knows the answer
+    is incomplete (a bare cut looks like a short answer). The error event starts with a blank line: a
+    cut between an event's ``data:`` line and its blank line must not glue the error onto that event."""
     done = False
+    problem: str | None = None
     try:
         async for line in upstream.aiter_lines():
             done = done or line.strip() == "data: [DONE]"
             yield (_rewrite(line, model) + "\n").encode()
+        if not done and upstream.status_code == 200:
+            problem = "the engine replica ended the stream without [DONE]"
     except httpx.HTTPError as exc:
         if not done:
-            problem = {"error": {"message": f"the engine replica stopped while streaming: {exc!r}",
-                                 "type": "engine_error", "param": None, "code": "engine_unavailable"}}
-            yield f"data: {json.dumps(problem)}\n\ndata: [DONE]\n\n".encode()
+            problem = f"the engine replica stopped while streaming: {exc!r}"
     finally:
         await upstream.aclose()
         replica.in_flight -= 1
+    if problem is not None:
+        error = {"error": {"message": problem, "type": "engine_error", "param": None, "code": "engine_unavailable"}}
+        yield f"\ndata: {json.dumps(error)}\n\ndata: [DONE]\n\n".encode()
 
 
 async def _models(request: Request, workspace: str) -> dict[str, Any]:
