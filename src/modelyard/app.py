@@ -18,12 +18,13 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelyard import __version__
 from modelyard.adapters.router import router as adapters_router
 from modelyard.config import Settings
-from modelyard.db.engine import Database
+from modelyard.db.engine import Database, unavailable
 from modelyard.endpoints.router import router as endpoints_router
 from modelyard.endpoints.supervisor import Supervisor
 from modelyard.errors import ApiError, ServiceError
@@ -104,6 +105,10 @@ def configure_logging(settings: Settings) -> None:
     root.setLevel(settings.log_level.upper())
 
 
+DB_RETRY_AFTER_S = 5
+"""``Retry-After`` seconds of a 503 answered while the database is unreachable."""
+
+
 def _openai_surface(path: str) -> bool:
     return path.startswith("/v1/") or (path.startswith(GATEWAY_PREFIX.split("{")[0]) and "/openai/" in path)
 
@@ -178,6 +183,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             error.pop("url", None)
             errors.append(error)
         return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+
+    @app.exception_handler(SQLAlchemyError)
+    async def database_error(request: Request, exc: SQLAlchemyError) -> JSONResponse:
+        """The database is down, restarting or dropped the connection: 503 with ``Retry-After`` (the
+        pool reconnects by itself), in the route family's error shape. Any other database error is a bug."""
+        if not unavailable(exc):
+            return await unexpected(request, exc)
+        log.warning("database unavailable", extra={"method": request.method, "path": request.url.path,
+                                                   "error": str(exc).splitlines()[0][:200]})
+        headers = {"Retry-After": str(DB_RETRY_AFTER_S)}
+        message = "the database is not reachable right now; retry shortly"
+        if _openai_surface(request.url.path):
+            body = ApiError(503, message, code="database_unavailable", kind="service_unavailable").body()
+            return JSONResponse(body, status_code=503, headers=headers)
+        return JSONResponse({"detail": message}, status_code=503, headers=headers)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -4,30 +4,63 @@ SQLite needs two adjustments to behave like a server database under concurrent r
 foreign keys are switched on per connection, and write transactions start with
 ``BEGIN IMMEDIATE`` so that two writers queue on the lock (``busy_timeout``) instead of one of
 them failing with "database is locked" when it upgrades a read lock mid-transaction.
+
+Outages: PostgreSQL connections are checked before each use (``pool_pre_ping``), so connections a
+restart or ``pg_terminate_backend`` killed while idle in the pool are replaced transparently; a
+connection lost mid-transaction invalidates the pool (SQLAlchemy does that on a disconnect error).
+:func:`unavailable` tells such errors from bugs: the app answers them 503 with ``Retry-After``,
+read-only units of work run through :meth:`Database.read` (and ``in_db``) are tried once more, and
+writes are never retried (a transaction either committed or did not; nothing is half-written).
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from modelyard.errors import AlreadyExists
 
+log = logging.getLogger("modelyard.db")
+T = TypeVar("T")
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 _WRITE_OPTION = "modelyard_write"
 MAX_SESSIONS = 16
 """Sessions open at once per process; the connection pool holds as many (see db/session.py)."""
+CONNECT_TIMEOUT_S = 10
+"""Seconds a new PostgreSQL connection may take (libpq's default waits for the OS, minutes)."""
+POOL_TIMEOUT_S = 10
+"""Seconds a request waits for a pooled connection before it is answered 503."""
+
+
+def unavailable(exc: BaseException) -> bool:
+    """True for the errors of a database that cannot be reached or dropped the connection (or is too
+    busy to answer in time): worth a 503 and a later retry, unlike a bug or a constraint violation."""
+    if isinstance(exc, sa_exc.TimeoutError | sa_exc.DisconnectionError):  # pool exhausted; pre-ping gave up
+        return True
+    if isinstance(exc, sa_exc.DBAPIError):
+        return exc.connection_invalidated or isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError)
+    return False
+
+
+def disconnected(exc: BaseException) -> bool:
+    """True when the connection itself was lost (the next attempt gets a fresh one)."""
+    return isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated
 
 
 def utcnow() -> datetime:
@@ -62,7 +95,9 @@ def make_engine(url: str) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
         return engine
-    return create_engine(url, pool_size=MAX_SESSIONS, max_overflow=4, pool_pre_ping=True)
+    connect_args = {"connect_timeout": CONNECT_TIMEOUT_S} if parsed.get_backend_name() == "postgresql" else {}
+    return create_engine(url, pool_size=MAX_SESSIONS, max_overflow=4, pool_pre_ping=True,
+                         pool_timeout=POOL_TIMEOUT_S, connect_args=connect_args)
 
 
 class Database:
@@ -104,6 +139,20 @@ class Database:
             session.close()
             if locked:
                 self._write_lock.release()
+
+    def read(self, fn: Callable[[Session], T]) -> T:
+        """Run a read-only ``fn`` in one transaction; if the connection was lost under it (a
+        restarted server, a killed backend), run it once more on a fresh connection."""
+        try:
+            with self.session() as session:
+                return fn(session)
+        except sa_exc.DBAPIError as exc:
+            if not disconnected(exc):
+                raise
+            log.warning("database connection lost during a read; trying once more", extra={"error": str(exc)[:200]})
+        time.sleep(0.05)
+        with self.session() as session:
+            return fn(session)
 
     def ping(self) -> bool:
         try:

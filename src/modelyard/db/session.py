@@ -34,10 +34,13 @@ T = TypeVar("T")
 
 async def in_db(db: Database, fn: Callable[[Session], T], *, write: bool = False) -> T:
     """Run ``fn`` in one short transaction on a worker thread: for async routes that must not hold a
-    transaction (or the SQLite write lock) open while they wait on an engine or a request body."""
+    transaction (or the SQLite write lock) open while they wait on an engine or a request body.
+    A read (``write=False``) must have no side effects: it is run again if the connection was lost."""
 
     def work() -> T:
-        with db.session(write=write) as session:
+        if not write:
+            return db.read(fn)  # a read is tried once more if the connection was lost under it
+        with db.session(write=True) as session:
             return fn(session)
 
     return await anyio.to_thread.run_sync(work)
