@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import AsyncIterator
@@ -23,11 +24,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelyard import __version__
 from modelyard.adapters.router import router as adapters_router
+from modelyard.boundary import RequestBoundary
 from modelyard.config import Settings
 from modelyard.db.engine import Database, unavailable
 from modelyard.endpoints.router import router as endpoints_router
 from modelyard.endpoints.supervisor import Supervisor
-from modelyard.errors import ApiError, ServiceError
+from modelyard.errors import ECHO_LIMIT, ApiError, ServiceError, clip
 from modelyard.filesets.router import router as filesets_router
 from modelyard.gateway.router import PREFIX as GATEWAY_PREFIX
 from modelyard.gateway.router import router as gateway_router
@@ -113,6 +115,33 @@ def _openai_surface(path: str) -> bool:
     return path.startswith("/v1/") or (path.startswith(GATEWAY_PREFIX.split("{")[0]) and "/openai/" in path)
 
 
+def _safe_input(value: Any) -> Any:
+    """A 422's ``input`` as the client may see it: JSON-serialisable (no NaN/Infinity, which
+    JSON cannot carry) and at most :data:`ECHO_LIMIT` characters of it."""
+    if isinstance(value, str):
+        return clip(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if value is None or isinstance(value, (bool, int, float)):
+        return value if not isinstance(value, int) or abs(value) < 10**18 else clip(str(value))
+    try:
+        text = json.dumps(jsonable_encoder(value), allow_nan=False)
+    except (ValueError, TypeError, RecursionError):
+        return clip(repr(value))
+    return value if len(text) <= ECHO_LIMIT else clip(text)
+
+
+def _safe_error(error: dict[str, Any]) -> dict[str, Any]:
+    error = {k: v for k, v in error.items() if k != "url"}
+    error["loc"] = [clip(part, 100) if isinstance(part, str) else part for part in error.get("loc", ())]
+    if "input" in error:
+        error["input"] = _safe_input(error["input"])
+    if "ctx" in error:
+        error["ctx"] = {k: _safe_input(v if isinstance(v, (str, int, float, bool, type(None))) else str(v))
+                        for k, v in error["ctx"].items()}
+    return error
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
 
@@ -171,17 +200,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         if _openai_surface(request.url.path):  # the OpenAI/Together SDKs expect their error shape
             first = exc.errors()[0]
-            where = ".".join(str(part) for part in first["loc"] if part != "body")
-            message = f"{where}: {first['msg']}" if where else first["msg"]
+            where = clip(".".join(str(part) for part in first["loc"] if part != "body"), 100)
+            message = f"{where}: {clip(first['msg'], 2 * ECHO_LIMIT)}" if where else clip(first["msg"], 2 * ECHO_LIMIT)
             param = where.split(".")[0] if where else None
             return JSONResponse(ApiError(400, message, code="invalid_request", param=param).body(), status_code=400)
         errors = []
         for error in exc.errors():
             if error.get("type") == "extra_forbidden":
                 field = error["loc"][-1]
-                error = {**error, "msg": f"Unknown field '{field}': remove it (it is not part of this request)"}
-            error.pop("url", None)
-            errors.append(error)
+                error = {**error, "msg": f"Unknown field '{clip(str(field), 100)}': remove it (it is not part of this request)"}
+            errors.append(_safe_error(error))
         return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
 
     @app.exception_handler(SQLAlchemyError)
@@ -204,5 +232,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.exception("unhandled error", extra={"method": request.method, "path": request.url.path})
         return JSONResponse({"detail": "Internal server error"}, status_code=500)
 
+    app.add_middleware(
+        RequestBoundary, max_json_bytes=settings.max_json_bytes, max_replicas=settings.max_replicas,
+        openai_surface=_openai_surface,
+    )
     app.add_middleware(AccessLog)
     return app

@@ -52,6 +52,12 @@ class Settings(BaseSettings):
     max_file_size: int = 50 * 1024**3
     """Largest file one upload may store, in bytes (413 above it)."""
 
+    max_json_bytes: int = 4 * 1024**2
+    """Largest JSON request body, in bytes (413 before it is parsed; file uploads have ``max_file_size``)."""
+
+    max_replicas: int = 8
+    """Most replicas an endpoint may ask for (``autoscaling.min_replicas``/``max_replicas``; 422 above)."""
+
     s3_access_key_id: str | None = None
     """Credentials for ``s3`` filesets; unset means the usual AWS environment / config chain."""
 

@@ -7,6 +7,15 @@ so logs and the SDK can branch on it without parsing messages.
 
 from __future__ import annotations
 
+ECHO_LIMIT = 200
+"""At most this many characters of a client's input are repeated back in an error message."""
+
+
+def clip(value: object, limit: int = ECHO_LIMIT) -> str:
+    """``value`` as text, cut to ``limit`` characters (with ``…`` when cut): for echoing input."""
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
 
 class ServiceError(Exception):
     status_code: int = 500

@@ -21,13 +21,14 @@ from pydantic import BaseModel
 from sqlalchemy import ColumnElement, Select, func, select
 from sqlalchemy.orm import Session
 
-from modelyard.errors import InvalidRequest
+from modelyard.errors import InvalidRequest, clip
 
 T = TypeVar("T")
 
 SortParam = Literal["name", "-name", "created_at", "-created_at", "updated_at", "-updated_at"]
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
+MAX_PAGE = 1_000_000
 
 STRING_OPS = ("$eq", "$like", "$in", "$nin")
 TIMESTAMP_OPS = ("$eq", "$gte", "$lte")
@@ -98,15 +99,15 @@ def parse_list_query(
         match = _KEY.match(key)
         if not match:
             raise InvalidRequest(
-                f"Malformed filter parameter '{key}'. Use filter[field]=value or filter[field][$op]=value"
+                f"Malformed filter parameter '{clip(key, 100)}'. Use filter[field]=value or filter[field][$op]=value"
             )
         name, op = match.group(1), match.group(2) or "$eq"
         spec = fields.get(name)
         if spec is None:
-            raise InvalidRequest(f"Unknown filter field '{name}'. Valid fields: {sorted(fields)}")
+            raise InvalidRequest(f"Unknown filter field '{clip(name, 100)}'. Valid fields: {sorted(fields)}")
         if op not in spec.operators:
             raise InvalidRequest(
-                f"Unknown filter operator '{op}' for field '{name}'. Valid operators: {list(spec.operators)}"
+                f"Unknown filter operator '{clip(op, 100)}' for field '{name}'. Valid operators: {list(spec.operators)}"
             )
         values = params.getlist(key) if hasattr(params, "getlist") else [params[key]]
         conditions.append(_condition(name, spec, op, values))
@@ -156,18 +157,24 @@ def _parse_bool(name: str, value: str) -> bool:
         return True
     if lowered in ("false", "0", "no"):
         return False
-    raise InvalidRequest(f"Filter '{name}' expects true or false, got '{value}'")
+    raise InvalidRequest(f"Filter '{name}' expects true or false, got '{clip(value, 100)}'")
 
 
 def _parse_timestamp(name: str, value: str) -> datetime:
+    """An ISO-8601 timestamp as naive UTC (how rows store them); an offset that moves it outside
+    years 1-9999 is a bad filter, not an overflow."""
     try:
         moment = datetime.fromisoformat(value.strip().replace(" ", "+"))
+        if moment.tzinfo is not None:
+            moment = moment.astimezone(UTC).replace(tzinfo=None)
     except ValueError:
         raise InvalidRequest(
-            f"Filter '{name}' expects an ISO-8601 timestamp such as 2024-01-15T09:30:00Z, got '{value}'"
+            f"Filter '{name}' expects an ISO-8601 timestamp such as 2024-01-15T09:30:00Z, got '{clip(value, 100)}'"
         ) from None
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    except OverflowError:
+        raise InvalidRequest(
+            f"Filter '{name}': '{clip(value, 100)}' is outside the years 1-9999 once converted to UTC"
+        ) from None
     return moment
 
 
@@ -201,7 +208,7 @@ def query_dependency(
     """A FastAPI dependency that reads ``page``, ``page_size``, ``sort`` and ``filter[...]``."""
     def dependency(
         request: Request,
-        page: Annotated[int, Query(ge=1, description="Page number, from 1")] = 1,
+        page: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page number, from 1")] = 1,
         # a plain default, not Annotated: the bounds are this closure's, which a string annotation cannot see
         page_size: int = Query(default_page_size, ge=1, le=max_page_size, description="Items per page"),
         sort: Annotated[SortParam, Query(description="Sort field; prefix '-' for descending")] = "created_at",

@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from modelyard.boundary import max_replicas_limit
 
 State = Literal["PENDING", "STARTING", "STARTED", "STOPPING", "STOPPED", "ERROR"]
 
@@ -21,6 +23,16 @@ class Autoscaling(BaseModel):
         if self.max_replicas < self.min_replicas:
             raise ValueError("autoscaling.max_replicas must be >= autoscaling.min_replicas")
         return self
+
+
+def _within_host_limit(autoscaling: Autoscaling | None) -> Autoscaling | None:
+    """Requests may not ask for more replicas than this server allows (``MODELYARD_MAX_REPLICAS``)."""
+    limit = max_replicas_limit.get()
+    if autoscaling is not None and max(autoscaling.min_replicas, autoscaling.max_replicas) > limit:
+        raise ValueError(
+            f"min_replicas and max_replicas must be at most {limit} on this server (MODELYARD_MAX_REPLICAS)"
+        )
+    return autoscaling
 
 
 class CreateEndpointRequest(BaseModel):
@@ -42,6 +54,8 @@ class CreateEndpointRequest(BaseModel):
     visibility: Literal["private", "public"] = "private"
     type: Literal["dedicated", "serverless"] = "dedicated"
 
+    replicas_within_limit = field_validator("autoscaling")(_within_host_limit)
+
 
 class UpdateEndpointRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -50,6 +64,8 @@ class UpdateEndpointRequest(BaseModel):
     autoscaling: Autoscaling | None = None
     display_name: str | None = Field(default=None, max_length=255)
     inactive_timeout: int | None = Field(default=None, ge=0)
+
+    replicas_within_limit = field_validator("autoscaling")(_within_host_limit)
 
 
 class Endpoint(BaseModel):

@@ -48,7 +48,9 @@ class CreateFilesetRequest(RequestModel):
 
 class UpdateFilesetRequest(RequestModel):
     description: str | None = None
-    purpose: Purpose | None = None
+    purpose: Purpose = Field(  # type: ignore[assignment]  # left out: unchanged; null is not a purpose
+        default=None, description="generic, dataset or model; leave it out to keep the current one"
+    )
     metadata: dict[str, Any] | None = None
     custom_fields: dict[str, Any] | None = None
 

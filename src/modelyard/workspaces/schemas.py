@@ -13,6 +13,8 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
+from modelyard.errors import clip
+
 NAME_PATTERN = r"^[a-z](?!.*--)[a-z0-9\-@.+_]{1,62}(?<!-)$"
 _NAME_RE = re.compile(NAME_PATTERN)
 NAME_RULE = ("2-63 characters: lowercase letters, digits and - @ . + _; must start with a letter; "
@@ -24,7 +26,7 @@ def check_name(value: str) -> str:
     words rather than the raw pattern."""
     if not _NAME_RE.fullmatch(value):
         hint = " (uppercase letters are not allowed)" if any(c.isupper() for c in value) else ""
-        raise ValueError(f"{value!r} is not a valid name{hint}: {NAME_RULE}")
+        raise ValueError(f"{clip(repr(value), 100)} is not a valid name{hint}: {NAME_RULE}")
     return value
 
 
@@ -37,7 +39,7 @@ def check_reference(value: str) -> str:
     """``name`` or ``workspace/name``, each part a valid entity name."""
     parts = value.split("/")
     if len(parts) > 2:
-        raise ValueError(f"'{value}' must be 'name' or 'workspace/name' (at most one '/')")
+        raise ValueError(f"'{clip(value, 100)}' must be 'name' or 'workspace/name' (at most one '/')")
     for part in parts:
         check_name(part)
     return value
