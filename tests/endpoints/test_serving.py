@@ -430,3 +430,58 @@ def test_scale_to_zero_and_back_on_demand(app: FastAPI, registry: tuple[Modelyar
     wait_for(lambda: pids(app, endpoint.id) == [], what="scale back to zero when idle")
     assert tg.endpoints.retrieve(endpoint.id).state == "STARTED"
     assert ask(oa, "pirate") == first
+
+
+def test_a_replica_dead_before_answering_is_retried_on_the_other(
+    app: FastAPI, registry: tuple[Modelyard, Together], live_server: str
+) -> None:
+    """A replica that died after the gateway picked it (it still looked alive) refuses the connection:
+    the request goes to the other replica instead of failing."""
+    _, tg = registry
+    oa = openai.OpenAI(api_key="test", base_url=live_server + "/v1", max_retries=0)
+    endpoint = start_endpoint(tg, autoscaling={"min_replicas": 2, "max_replicas": 2})
+    wait_for(lambda: len(pids(app, endpoint.id)) == 2, what="two replicas")
+    before = ask(oa, endpoint.name)
+    runtime = app.state.supervisor.runtimes[endpoint.id]
+    victim = runtime.pick()  # the replica the next request is sent to
+    os.kill(victim.process.pid, signal.SIGKILL)
+    victim.process.proc.wait(10)
+    victim.process.alive = lambda: True  # the window before anyone notices the death
+    try:
+        assert ask(oa, endpoint.name) == before
+        streamed = oa.chat.completions.create(model=endpoint.name, messages=PROMPT, max_tokens=10, temperature=0,
+                                              stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == before
+        wait_for(lambda: runtime.in_flight == 0, timeout=10, what="the requests counted out")
+        assert victim.in_flight == 0
+    finally:
+        del victim.process.alive  # back to the real check: the supervisor replaces it
+    wait_for(lambda: len(pids(app, endpoint.id)) == 2 and victim.process.pid not in pids(app, endpoint.id),
+             what="the dead replica replaced")
+
+
+def test_an_endpoint_whose_only_replica_died_is_not_started_until_it_is_replaced(
+    app: FastAPI, registry: tuple[Modelyard, Together], live_server: str
+) -> None:
+    _, tg = registry
+    endpoint = start_endpoint(tg)
+    (pid,) = pids(app, endpoint.id)
+    assert tg.endpoints.retrieve(endpoint.id).model_extra["degraded"] is False
+    os.kill(pid, signal.SIGKILL)
+    seen: list[tuple[str, int, bool]] = []
+
+    def replaced() -> list[int]:
+        e = tg.endpoints.retrieve(endpoint.id)
+        seen.append((e.state, e.model_extra["replicas"], e.model_extra["degraded"]))
+        return [p for p in pids(app, endpoint.id) if p != pid]
+
+    wait_for(lambda: not pids(app, endpoint.id), what="the replica gone")
+    response = httpx.post(live_server + "/v1/chat/completions", json={"model": endpoint.name, "messages": PROMPT})
+    assert response.status_code == 503 and response.headers["retry-after"], response.text
+    assert response.json()["error"]["code"] in ("endpoint_not_ready", "engine_unavailable")
+    wait_for(replaced, what="a new replica")
+    assert not [s for s in seen if s[0] == "STARTED" and s[1] == 0], seen
+    assert ("STARTING", 0, True) in seen, seen
+    wait_for(lambda: tg.endpoints.retrieve(endpoint.id).state == "STARTED", what="STARTED again")
+    final = tg.endpoints.retrieve(endpoint.id)
+    assert final.model_extra["replicas"] == 1 and final.model_extra["degraded"] is False
