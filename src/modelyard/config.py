@@ -69,6 +69,13 @@ class Settings(BaseSettings):
     s3_part_size: int = 8 * 1024**2
     """Multipart upload part size for ``s3`` filesets (S3 needs at least 5 MiB)."""
 
+    blob_grace: float = 3600.0
+    """Seconds before the sweeper removes an upload's temporary file or a blob no file row references
+    (so an upload in progress or a download that just started is never collected)."""
+
+    sweep_interval: float = 600.0
+    """Seconds between the sweeper's passes over the blob areas (it also runs when the server starts)."""
+
     log_level: str = "INFO"
     log_json: bool = True
 

@@ -23,7 +23,6 @@ from together import Together
 
 from modelyard.client import Modelyard
 from modelyard.config import Settings
-from modelyard.storage import fileset_dir
 from tests.conftest import TRUSTED
 
 PROMPT = [{"role": "user", "content": "hello there"}]
@@ -140,7 +139,7 @@ def engine_models(url: str) -> set[str]:
 
 
 def test_failed_loads_leave_nothing_attached(registry: tuple[Modelyard, Together], settings: Settings,
-                                            live_server: str) -> None:
+                                            live_server: str, fixture_models: dict[str, Path]) -> None:
     ours, tg = registry
     endpoint = start_endpoint(tg, max_lora_rank=4)  # the fixture adapters have rank 8
     with pytest.raises(Exception) as too_wide:
@@ -150,7 +149,7 @@ def test_failed_loads_leave_nothing_attached(registry: tuple[Modelyard, Together
 
     ours.filesets.create("default", name="broken-files")  # an adapter without its adapter_config.json
     ours.filesets.upload_file("default", "broken-files", "adapter_model.safetensors",
-                              fileset_dir(settings.home, "default/chef-files") / "adapter_model.safetensors")
+                              fixture_models["chef"] / "adapter_model.safetensors")
     ours.adapters.create("default", model="tiny", name="broken", fileset="broken-files", finetuning_type="lora")
     with pytest.raises(Exception) as no_config:
         tg.endpoints.adapters.add(endpoint.id, model_id=f"{endpoint.name}:broken")
@@ -315,10 +314,10 @@ def _alive(pid: int) -> bool:
 
 
 def test_a_model_that_cannot_start_goes_to_error(app: FastAPI, registry: tuple[Modelyard, Together],
-                                                 settings: Settings) -> None:
+                                                 settings: Settings, fixture_models: dict[str, Path]) -> None:
     ours, tg = registry
     settings.engine_max_failures = 2
-    source = fileset_dir(settings.home, "default/tiny-files")
+    source = fixture_models["base"]
     ours.filesets.create("default", name="broken-base")
     for file in source.iterdir():
         data = b"not a safetensors file" if file.name == "model.safetensors" else file.read_bytes()
@@ -466,13 +465,13 @@ def test_an_endpoint_whose_only_replica_died_is_not_started_until_it_is_replaced
     _, tg = registry
     endpoint = start_endpoint(tg)
     (pid,) = pids(app, endpoint.id)
-    assert tg.endpoints.retrieve(endpoint.id).model_extra["degraded"] is False
+    assert tg.endpoints.retrieve(endpoint.id).model_extra.get("degraded") is False
     os.kill(pid, signal.SIGKILL)
     seen: list[tuple[str, int, bool]] = []
 
     def replaced() -> list[int]:
         e = tg.endpoints.retrieve(endpoint.id)
-        seen.append((e.state, e.model_extra["replicas"], e.model_extra["degraded"]))
+        seen.append((e.state, e.model_extra["replicas"], e.model_extra.get("degraded", False)))
         return [p for p in pids(app, endpoint.id) if p != pid]
 
     wait_for(lambda: not pids(app, endpoint.id), what="the replica gone")

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from modelyard.client import BadRequestError, Modelyard
 from modelyard.config import Settings
-from modelyard.storage import fileset_dir
 from tests.conftest import free_port
+from tests.filesets.helpers import blobs_stored
 
 FS = "/apis/files/v2/workspaces/default/filesets"
 PART = 5 * 1024 * 1024
@@ -68,7 +69,7 @@ def _objects(s3: object, prefix: str = "") -> dict[str, dict]:
 
 
 def test_s3_fileset_multipart_upload_download_and_delete(client: Modelyard, s3: object, s3_server: str,
-                                                       tmp_path: Path) -> None:
+                                                       tmp_path: Path, app: FastAPI, settings: Settings) -> None:
     storage = {"type": "s3", "bucket": s3.bucket, "prefix": "team", "endpoint_url": s3_server}  # type: ignore[attr-defined]
     created = client.filesets.create("default", name="remote", storage=storage)
     assert created.storage.type == "s3" and "key" not in created.model_dump_json()
@@ -76,9 +77,10 @@ def test_s3_fileset_multipart_upload_download_and_delete(client: Modelyard, s3: 
     big.write_bytes(os.urandom(12 * 1024 * 1024 + 123))  # three parts of 5 MiB
     entry = client.filesets.upload_file("default", "remote", "weights/big.bin", big)
     assert entry.sha256 == hashlib.sha256(big.read_bytes()).hexdigest()
-    objects = _objects(s3, "team/default/remote/")
-    assert set(objects) == {"team/default/remote/weights/big.bin"}
-    assert objects["team/default/remote/weights/big.bin"]["ETag"].strip('"').endswith("-3")  # multipart
+    blob = f"team/.modelyard/blobs/{entry.sha256[:2]}/{entry.sha256}"
+    objects = _objects(s3, "team/")
+    assert set(objects) == {blob}  # content-addressed; the temporary object is gone
+    assert objects[blob]["Size"] == big.stat().st_size
     url = f"{FS}/remote/-/weights/big.bin"
     assert client.request("GET", url, headers={"Range": "bytes=5242870-5242889"}).content == \
         big.read_bytes()[5242870:5242890]
@@ -92,7 +94,10 @@ def test_s3_fileset_multipart_upload_download_and_delete(client: Modelyard, s3: 
     assert uploads == []  # an aborted upload leaves no parts behind
 
     client.filesets.delete("default", "remote")
-    assert _objects(s3, "team/default/remote/") == {}
+    assert client.filesets.list("default").data == []
+    settings.blob_grace = 0
+    assert app.state.sweeper.sweep()["blob"] == 1  # unreferenced now: the sweeper removes the blob
+    assert _objects(s3, "team/") == {}
 
 
 def test_s3_interrupted_multipart_upload_stores_nothing(client: Modelyard, s3: object, s3_server: str) -> None:
@@ -122,8 +127,7 @@ def test_an_interrupted_upload_keeps_the_previous_version(live_server: str, sett
         time.sleep(0.5)
         assert client.request("GET", f"{FS}/files/-/model.bin").content == b"complete version"
         assert [f.size for f in client.filesets.list_files("default", "files").data] == [16]
-    folder = fileset_dir(settings.home, "default/files")
-    assert sorted(p.name for p in folder.iterdir()) == ["model.bin"]
+    assert blobs_stored(settings) == [hashlib.sha256(b"complete version").hexdigest()]
 
 
 def test_a_large_upload_streams_with_flat_memory(live_server: str) -> None:

@@ -19,14 +19,14 @@ from modelyard.client import Modelyard, PayloadTooLargeError
 from modelyard.config import Settings
 from modelyard.errors import PayloadTooLarge
 from modelyard.filesets.service import UPLOAD_BATCH, receive_file
-from modelyard.storage import _LocalWriter, fileset_dir
+from modelyard.storage import _LocalBlobWriter
+from tests.filesets.helpers import blob_path, blobs_stored
 
 FS = "/apis/files/v2/workspaces/default/filesets"
 
 
-def _stored(settings: Settings, fileset: str) -> list[str]:
-    folder = fileset_dir(settings.home, f"default/{fileset}")
-    return sorted(p.name for p in folder.rglob("*") if p.is_file())
+def _stored(settings: Settings) -> list[str]:
+    return blobs_stored(settings)
 
 
 def test_a_multi_batch_upload_round_trips_byte_exactly(live_server: str, settings: Settings, tmp_path: Path) -> None:
@@ -44,9 +44,8 @@ def test_a_multi_batch_upload_round_trips_byte_exactly(live_server: str, setting
         pieces = [data[i:i + 777_777] for i in range(0, len(data), 777_777)]
         again = client.request("PUT", f"{FS}/big/-/chunked.bin", content=iter(pieces)).json()
         assert again["size"] == len(data) and again["sha256"] == entry.sha256
-    folder = fileset_dir(settings.home, "default/big")
-    assert (folder / "shards/weights.bin").read_bytes() == data == (folder / "chunked.bin").read_bytes()
-    assert _stored(settings, "big") == ["chunked.bin", "weights.bin"]
+    assert blob_path(settings, entry.sha256).read_bytes() == data
+    assert _stored(settings) == [entry.sha256]  # the same bytes twice are stored once
 
 
 def test_a_storage_failure_mid_upload_is_502_and_keeps_the_previous_version(
@@ -55,9 +54,9 @@ def test_a_storage_failure_mid_upload_is_502_and_keeps_the_previous_version(
     client.filesets.create("default", name="files")
     client.filesets.upload_file("default", "files", "model.bin", b"complete version")
     written = {"bytes": 0}
-    real_write = _LocalWriter.write
+    real_write = _LocalBlobWriter.write
 
-    def failing_write(self: _LocalWriter, data: bytes) -> None:
+    def failing_write(self: _LocalBlobWriter, data: bytes) -> None:
         if written["bytes"] > UPLOAD_BATCH:  # the second batch, while the third arrives
             raise OSError(28, "No space left on device")
         written["bytes"] += len(data)
@@ -65,14 +64,14 @@ def test_a_storage_failure_mid_upload_is_502_and_keeps_the_previous_version(
 
     source = tmp_path / "model.bin"
     source.write_bytes(os.urandom(4 * UPLOAD_BATCH))  # sent from disk in 1 MiB pieces
-    monkeypatch.setattr(_LocalWriter, "write", failing_write)
+    monkeypatch.setattr(_LocalBlobWriter, "write", failing_write)
     with pytest.raises(Exception) as err:
         client.filesets.upload_file("default", "files", "model.bin", source)
     assert err.value.status_code == 502 and "No space left on device" in str(err.value)
     monkeypatch.undo()
     assert client.request("GET", f"{FS}/files/-/model.bin").content == b"complete version"
     assert [(f.path, f.size) for f in client.filesets.list_files("default", "files").data] == [("model.bin", 16)]
-    assert _stored(settings, "files") == ["model.bin"]  # the temporary file is gone
+    assert _stored(settings) == [hashlib.sha256(b"complete version").hexdigest()]  # the temporary file is gone
 
 
 def test_a_chunked_body_over_the_limit_is_413_mid_stream(client: Modelyard, settings: Settings) -> None:
@@ -82,7 +81,7 @@ def test_a_chunked_body_over_the_limit_is_413_mid_stream(client: Modelyard, sett
     with pytest.raises(PayloadTooLargeError, match="nothing was stored"):
         client.request("PUT", f"{FS}/files/-/big.bin", content=iter([piece] * (3 * UPLOAD_BATCH // len(piece))))
     assert client.filesets.list_files("default", "files").data == []
-    assert _stored(settings, "files") == []
+    assert _stored(settings) == []
 
 
 def test_a_client_gone_after_several_batches_stores_nothing(live_server: str, settings: Settings) -> None:
@@ -95,8 +94,9 @@ def test_a_client_gone_after_several_batches_stores_nothing(live_server: str, se
                          "Content-Type: application/octet-stream\r\n\r\n".encode())
             sock.sendall(os.urandom(2 * UPLOAD_BATCH + 1000))  # then the client goes away
         deadline = time.monotonic() + 30
-        while _stored(settings, "files") != ["model.bin"]:  # the server notices and removes its temporary file
-            assert time.monotonic() < deadline, _stored(settings, "files")
+        old = [hashlib.sha256(b"complete version").hexdigest()]
+        while _stored(settings) != old:  # the server notices and removes its temporary file
+            assert time.monotonic() < deadline, _stored(settings)
             time.sleep(0.1)
         assert client.request("GET", f"{FS}/files/-/model.bin").content == b"complete version"
         assert [f.size for f in client.filesets.list_files("default", "files").data] == [16]

@@ -163,14 +163,19 @@ class Fileset(Base):
     storage: Mapped[dict[str, Any]] = mapped_column(JsonType, nullable=False)
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JsonType)
     custom_fields: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+    # 2: files are rows pointing at content-addressed blobs; 1: files still in the old per-path tree
+    # (moved into blobs when the server starts, see filesets/blobs.py)
+    layout: Mapped[int] = mapped_column(Integer, nullable=False, default=2)
     created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
     updated_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
 
 
 class FilesetFile(Base):
-    """One stored file: written after its bytes are safely in storage, so it never lists a partial file."""
+    """One file: a path pointing at the blob ``sha256`` of its fileset's storage. Written after the blob
+    is complete, so a row and its bytes never disagree."""
 
     __tablename__ = "fileset_files"
+    __table_args__ = (Index("ix_fileset_files_sha256", "sha256"),)
 
     fileset_id: Mapped[str] = mapped_column(
         String(64), ForeignKey("filesets.id", ondelete="CASCADE"), primary_key=True
@@ -179,3 +184,14 @@ class FilesetFile(Base):
     size: Mapped[int] = mapped_column(BigInteger, nullable=False)
     sha256: Mapped[str] = mapped_column(String(64), nullable=False)
     updated_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+
+
+class BlobArea(Base):
+    """A place blobs were stored (local disk, an S3 bucket/prefix), remembered so the sweeper still
+    visits it after the last fileset using it is deleted. ``storage`` has no credentials."""
+
+    __tablename__ = "blob_areas"
+
+    key: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    storage: Mapped[dict[str, Any]] = mapped_column(JsonType, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)

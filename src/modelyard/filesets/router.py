@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Iterator
+from typing import Annotated, BinaryIO
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from modelyard.db.session import SessionDep
-from modelyard.errors import StorageUnavailable
-from modelyard.filesets import service, store
+from modelyard.filesets import blobs, service, store
 from modelyard.filesets.schemas import (
     CreateFilesetRequest,
     FileEntry,
@@ -18,8 +18,9 @@ from modelyard.filesets.schemas import (
     UpdateFilesetRequest,
 )
 from modelyard.listing import ListQuery, Page, query_dependency
+from modelyard.storage import CHUNK
 
-router = APIRouter(prefix="/apis/files/v2/workspaces/{workspace}/filesets", tags=["filesets"])
+router = APIRouter(prefix="/apis/files/v2/workspaces/{workspace}/filesets", tags=["filesets"], lifespan=blobs.lifespan)
 ListParams = Annotated[ListQuery, Depends(query_dependency(store.FILTERS, default_page_size=10, max_page_size=100))]
 _out = {"response_model_exclude_none": True}
 
@@ -77,19 +78,34 @@ async def download_file(workspace: str, name: str, path: str, request: Request) 
     """Download a file; ``Range: bytes=a-b`` gives 206 with that part (how interrupted downloads resume)."""
     state = request.app.state
     located, item = await service.file_info(state.db, state.settings, workspace, name, path)
-    # reach the storage before the 200 goes out, so an unreachable bucket is a clear 502, not a cut stream
-    if not await service.storage_run(located.store.exists, path):
-        raise StorageUnavailable(f"file '{path}' is listed in fileset '{workspace}/{name}' but missing from its storage")
     if request.headers.get("if-none-match") == f'"{item.sha256}"':
         return Response(status_code=304, headers={"ETag": f'"{item.sha256}"'})
     span = service.parse_range(request.headers.get("range"), item.size) if item.size else None
     start, end = span if span else (0, item.size - 1)
+    # open the blob the row names now, before the 200 goes out: an unreachable bucket is a clear 502,
+    # not a cut stream, and a PUT that lands meanwhile points the path elsewhere without touching it
+    handle = await service.open_blob(located, item, f"{workspace}/{name}")
     headers = _headers(item, end - start + 1 if item.size else 0)
     if span:
         headers["Content-Range"] = f"bytes {start}-{end}/{item.size}"
-    body = located.store.iter_range(path, start, end) if item.size else iter(())
+    body = _stream(handle, start, end) if item.size else _stream(handle, 0, -1)
     return StreamingResponse(body, status_code=206 if span else 200, headers=headers,
                              media_type="application/octet-stream")
+
+
+def _stream(handle: BinaryIO, start: int, end: int) -> Iterator[bytes]:
+    """Bytes ``start`` to ``end`` inclusive of an open blob, in chunks; the handle is closed at the end."""
+    try:
+        handle.seek(start)
+        remaining = end - start + 1
+        while remaining > 0:
+            data = handle.read(min(CHUNK, remaining))
+            if not data:
+                return
+            remaining -= len(data)
+            yield data
+    finally:
+        handle.close()
 
 
 @router.head("/{name}/-/{path:path}")

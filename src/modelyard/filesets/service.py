@@ -1,10 +1,13 @@
 """Fileset rules: names, storage, uploads that cannot corrupt anything, ranges, deletes that orphan nothing.
 
-Uploads stream: the event loop only receives the body; a worker thread hashes and writes it, a
-batch at a time while the next batch arrives, to storage under a temporary name (or an uncompleted
-multipart upload on S3) that becomes visible only when the whole body has arrived and matched the
-client's digest. The file's row is written after that, so a listing never shows a partial file and
-an interrupted upload leaves the previous version in place.
+Bytes are content-addressed: a file row ``(fileset, path) -> (size, sha256)`` points at the blob
+``<aa>/<sha256>`` of its storage's blob area (see :mod:`modelyard.storage`). Uploads stream: the
+event loop only receives the body; a worker thread hashes and writes it, a batch at a time while the
+next batch arrives, to a temporary blob that is published under its sha256 only when the whole body
+has arrived and matched the client's digest. Then one transaction points the path at the blob (an
+upsert). So a row and its bytes never disagree, the last PUT to commit wins whole, a failed commit
+leaves the previous version, and a download reads the blob its row named when it started.
+Blobs no row references are removed by the sweeper (:mod:`modelyard.filesets.blobs`).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import anyio
 from sqlalchemy.orm import Session
@@ -48,12 +51,15 @@ from modelyard.filesets.schemas import (
 )
 from modelyard.listing import ListQuery, Page
 from modelyard.spec import Files
-from modelyard.storage import FileStore, Writer, cached_copy, open_store
+from modelyard.storage import BlobStore, BlobWriter, FileStore, blob_area, cached_copy, open_blobs, open_store
 from modelyard.workspaces import store as workspace_store
 
 PREFIX = "/apis/files/v2/workspaces"
 T = TypeVar("T")
 UPLOAD_BATCH = 4 << 20  # bytes of an upload handed to the storage thread at a time
+MAX_SEGMENT = 255  # characters in one path segment (what file systems allow in a name)
+MAX_PATH = 1024  # characters in a whole path (the column's size)
+MAX_RANGE_DIGITS = 20  # a byte offset never needs more (2^64 has 20 digits)
 
 
 def storage_call(fn: Callable[..., T], *args: Any) -> T:
@@ -64,7 +70,14 @@ def storage_call(fn: Callable[..., T], *args: Any) -> T:
     except ServiceError:
         raise
     except Exception as exc:  # noqa: BLE001 - fsspec/s3fs/botocore raise many types
-        raise StorageUnavailable(f"fileset storage failed: {type(exc).__name__}: {exc}") from None
+        raise StorageUnavailable(f"fileset storage failed: {_describe(exc)}") from None
+
+
+def _describe(exc: Exception) -> str:
+    """The failure without the server's file system paths (an OSError's filename is left out)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{type(exc).__name__}: {exc.strerror}" + (f" (errno {exc.errno})" if exc.errno else "")
+    return f"{type(exc).__name__}: {exc}"[:300]
 
 
 async def storage_run(fn: Callable[..., T], *args: Any) -> T:
@@ -79,10 +92,20 @@ def to_wire(row: tables.Fileset) -> Fileset:
     )
 
 
+def _credentials(settings: Settings) -> dict[str, str | None]:
+    return {"key": settings.s3_access_key_id, "secret": settings.s3_secret_access_key,
+            "endpoint_url": settings.s3_endpoint_url, "region": settings.s3_region}
+
+
 def file_store(settings: Settings, row: tables.Fileset) -> FileStore:
-    credentials = {"key": settings.s3_access_key_id, "secret": settings.s3_secret_access_key,
-                   "endpoint_url": settings.s3_endpoint_url, "region": settings.s3_region}
-    return open_store(settings.home, row.workspace, row.name, row.storage, credentials, settings.s3_part_size)
+    """The fileset's folder in the old per-path layout (only read to move its files into blobs)."""
+    return open_store(settings.home, row.workspace, row.name, row.storage, _credentials(settings),
+                      settings.s3_part_size)
+
+
+def blob_store(settings: Settings, storage: dict[str, Any] | None) -> BlobStore:
+    """The blob area of a fileset with ``storage``."""
+    return open_blobs(settings.home, storage, _credentials(settings), settings.s3_part_size)
 
 
 # ----- filesets --------------------------------------------------------------------------------
@@ -97,6 +120,7 @@ def create(session: Session, workspace: str, request: CreateFilesetRequest) -> F
         purpose=request.purpose.value, storage_type=storage["type"], storage=storage, metadata_=request.metadata,
         custom_fields=request.custom_fields, created_at=now, updated_at=now,
     )
+    store.remember_area(session, blob_area(Path("."), storage), storage, now)  # for the sweeper, for good
     return to_wire(store.add(session, row))
 
 
@@ -124,7 +148,8 @@ def update(session: Session, workspace: str, name: str, request: UpdateFilesetRe
 
 
 def delete(session: Session, settings: Settings, workspace: str, name: str) -> Fileset:
-    """Delete the fileset and its files; 409 while a model or adapter points at it."""
+    """Delete the fileset and its file rows in one transaction; 409 while a model or adapter points at
+    it. Its blobs are left to the sweeper (other filesets may share them; a download may be reading)."""
     workspace_store.require(session, workspace)
     row = store.get(session, workspace, name)
     users = store.users(session, f"{workspace}/{name}")
@@ -132,7 +157,6 @@ def delete(session: Session, settings: Settings, workspace: str, name: str) -> F
         raise Conflict(f"Fileset '{workspace}/{name}' is used by {', '.join(users)}; delete or repoint them first")
     wire = to_wire(row)
     store.delete(session, row)
-    storage_call(file_store(settings, row).delete_all)  # after the row is gone in this transaction; a failure rolls it back
     return wire
 
 
@@ -152,10 +176,13 @@ def check_path(path: str) -> str:
         problem = "is absolute; give it relative to the fileset"
     elif any(part in ("", ".", "..") for part in path.split("/")):
         problem = "has an empty, '.' or '..' segment"
-    elif any(part.startswith(".tmp-") for part in path.split("/")):
-        problem = "uses the reserved prefix '.tmp-'"
+    elif len(path) > MAX_PATH:
+        problem = f"is longer than {MAX_PATH} characters"
+    elif any(len(part) > MAX_SEGMENT for part in path.split("/")):
+        problem = f"has a segment longer than {MAX_SEGMENT} characters"
     if problem:
-        raise InvalidRequest(f"File path {path!r} {problem}")
+        shown = path if len(path) <= 200 else path[:200] + "..."
+        raise InvalidRequest(f"File path {shown!r} {problem}")
     return path
 
 
@@ -192,7 +219,7 @@ def _expected_digest(request: Request) -> str | None:
 @dataclass
 class Located:
     row: tables.Fileset
-    store: FileStore
+    blobs: BlobStore
 
 
 async def locate(db: Database, settings: Settings, workspace: str, name: str) -> Located:
@@ -201,7 +228,7 @@ async def locate(db: Database, settings: Settings, workspace: str, name: str) ->
         return store.get(session, workspace, name)
 
     row = await in_db(db, find)
-    return Located(row, file_store(settings, row))
+    return Located(row, blob_store(settings, row.storage))
 
 
 def entry(row: tables.Fileset, item: tables.FilesetFile) -> FileEntry:
@@ -215,7 +242,7 @@ def entry(row: tables.Fileset, item: tables.FilesetFile) -> FileEntry:
 class _Sink:
     """Hashes and writes the body, in a worker thread: the event loop only receives."""
 
-    def __init__(self, writer: Writer) -> None:
+    def __init__(self, writer: BlobWriter) -> None:
         self.writer = writer
         self.digest = hashlib.sha256()
 
@@ -225,7 +252,7 @@ class _Sink:
             self.writer.write(chunk)
 
 
-async def receive_file(body: AsyncIterator[bytes], writer: Writer, limit: int) -> tuple[int, str]:
+async def receive_file(body: AsyncIterator[bytes], writer: BlobWriter, limit: int) -> tuple[int, str]:
     """Write ``body`` to ``writer``; return its size and sha256. The body is handed to a worker thread
     in batches of ``UPLOAD_BATCH`` bytes, one batch being hashed and written while the next one
     arrives (so at most two batches are held). The writer is neither committed nor aborted here, but
@@ -265,34 +292,32 @@ async def upload(db: Database, settings: Settings, workspace: str, name: str, pa
                               "(MODELYARD_MAX_FILE_SIZE)")
     expected = _expected_digest(request)
     located = await locate(db, settings, workspace, name)
-    writer = await storage_run(located.store.writer, path)
+    writer = await storage_run(located.blobs.writer)
     try:
         size, actual = await receive_file(request.stream(), writer, settings.max_file_size)
         if expected is not None and expected != actual:
             raise InvalidRequest(f"sha256 mismatch: the client announced {expected}, the body hashes to {actual}; "
                                  "nothing was stored")
-        await storage_run(writer.commit)
+        await storage_run(writer.commit, actual)  # the blob is complete under its sha256
     except BaseException as exc:
         with contextlib.suppress(Exception):
             await anyio.to_thread.run_sync(writer.abort)
         if isinstance(exc, ClientDisconnect):
             raise InvalidRequest("The upload was interrupted; nothing was stored") from None
         raise
-
-    def record(session: Session) -> tables.FilesetFile:
-        row = store.get(session, workspace, name)
-        item = store.file(session, row.id, path)
-        if item is None:
-            item = tables.FilesetFile(fileset_id=row.id, path=path, size=size, sha256=actual, updated_at=utcnow())
-            session.add(item)
-        else:
-            item.size, item.sha256, item.updated_at = size, actual, utcnow()
-        row.updated_at = utcnow()
-        session.flush()
-        return item
-
-    item = await in_db(db, record, write=True)
+    await in_db(db, lambda session: record(session, located.row, path, size, actual), write=True)
+    item = tables.FilesetFile(fileset_id=located.row.id, path=path, size=size, sha256=actual)
     return entry(located.row, item)
+
+
+def record(session: Session, row: tables.Fileset, path: str, size: int, sha256: str) -> None:
+    """Point ``path`` at the (complete) blob ``sha256``, in the caller's transaction. A fileset deleted
+    meanwhile is 404, and its blob is left to the sweeper."""
+    now = utcnow()
+    if not store.touch(session, row.id, now):
+        raise NotFound(f"Fileset with workspace '{row.workspace}' and name '{row.name}' not found "
+                       "(it was deleted during the upload); nothing was stored")
+    store.put_file(session, row.id, path, size, sha256, now)
 
 
 async def file_info(db: Database, settings: Settings, workspace: str, name: str, path: str) -> tuple[Located, tables.FilesetFile]:
@@ -304,13 +329,29 @@ async def file_info(db: Database, settings: Settings, workspace: str, name: str,
     return located, item
 
 
+async def open_blob(located: Located, item: tables.FilesetFile, reference: str) -> BinaryIO:
+    """An open handle on the blob of ``item`` (a local handle keeps reading even if the blob is swept)."""
+    def opening() -> BinaryIO:
+        try:
+            return located.blobs.open(item.sha256)
+        except FileNotFoundError:
+            raise StorageUnavailable(f"file '{item.path}' is listed in fileset '{reference}' but its bytes "
+                                     f"(blob {item.sha256}) are missing from its storage") from None
+
+    return await storage_run(opening)
+
+
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
-    """``bytes=a-b``, ``bytes=a-`` or ``bytes=-n`` → inclusive ``(start, end)``; None for no Range."""
+    """``bytes=a-b``, ``bytes=a-`` or ``bytes=-n`` → inclusive ``(start, end)``; None for no Range.
+    Offsets longer than ``MAX_RANGE_DIGITS`` digits are 416, never parsed."""
     if not header:
         return None
-    match = re.fullmatch(r"\s*bytes=(\d*)-(\d*)\s*", header)
-    if not match or (not match.group(1) and not match.group(2)):
-        raise RangeNotSatisfiable(f"Unsupported Range {header!r}; use one range, e.g. 'bytes=0-1023'")
+    digits = MAX_RANGE_DIGITS
+    match = re.fullmatch(rf"\s*bytes=(\d{{0,{digits}}})-(\d{{0,{digits}}})\s*", header[:200])
+    if len(header) > 200 or not match or (not match.group(1) and not match.group(2)):
+        shown = header if len(header) <= 60 else header[:60] + "..."
+        raise RangeNotSatisfiable(f"Unsupported Range {shown!r}; use one range of at most {digits}-digit "
+                                  "offsets, e.g. 'bytes=0-1023'")
     first, last = match.group(1), match.group(2)
     if first:
         start = int(first)
@@ -331,12 +372,11 @@ async def list_files(db: Database, settings: Settings, workspace: str, name: str
 async def delete_file(db: Database, settings: Settings, workspace: str, name: str, path: str) -> None:
     located, _ = await file_info(db, settings, workspace, name, path)
 
-    def forget(session: Session) -> None:
+    def forget(session: Session) -> None:  # the blob is left to the sweeper
         row = store.file(session, located.row.id, path)
         if row is not None:
             session.delete(row)
         session.flush()
-        storage_call(located.store.delete, path)  # inside the transaction: if storage fails, the row stays
 
     await in_db(db, forget, write=True)
 
@@ -356,20 +396,19 @@ def require_fileset(session: Session, reference: str, *, non_empty: bool) -> tab
 
 
 def files_of(session: Session, settings: Settings, row: tables.Fileset) -> Files:
-    """Read access to a fileset's files (sizes from the database, bytes by range from storage)."""
-    filestore = file_store(settings, row)
-    return Files(sizes={f.path: f.size for f in store.files(session, row.id)}, read=filestore.read_range)
+    """Read access to a fileset's files (sizes from the database, bytes by range from their blobs)."""
+    blobs = blob_store(settings, row.storage)
+    items = store.files(session, row.id)
+    shas = {f.path: f.sha256 for f in items}
+    return Files(sizes={f.path: f.size for f in items},
+                 read=lambda path, start, length: blobs.read_range(shas[path], start, length))
 
 
-def local_folder(session: Session, settings: Settings, reference: str, *, label: str, copy: bool) -> Path:
-    """A local folder holding the fileset's files, for an engine. Local filesets are used in place
-    unless ``copy`` (adapters are copied so a later upload never changes a loaded adapter's files);
-    S3 filesets are downloaded into the cache once per content."""
+def local_folder(session: Session, settings: Settings, reference: str, *, label: str, copy: bool = True) -> Path:
+    """A local folder holding the fileset's files at their paths, for an engine: made once per
+    content under ``{home}/cache/filesets`` (hard links to local blobs, copies of S3 ones), renamed
+    into place. Blobs never change, so a later upload never changes a folder an engine reads
+    (``copy`` is kept for callers; every folder is such a snapshot)."""
     row = require_fileset(session, reference, non_empty=True)
-    files = store.files(session, row.id)
-    filestore = file_store(settings, row)
-    if filestore.local:
-        folder = Path(filestore.root)
-        return cached_copy(settings.home, label, folder) if copy else folder
-    entries = [(f.path, f.size, f.sha256) for f in files]
-    return cached_copy(settings.home, label, filestore, entries)
+    entries = [(f.path, f.size, f.sha256) for f in store.files(session, row.id)]
+    return cached_copy(settings.home, label, blob_store(settings, row.storage), entries)
