@@ -7,6 +7,7 @@ from collections.abc import Collection
 from datetime import UTC
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from modelyard.adapters import service as adapter_service
@@ -19,7 +20,12 @@ from modelyard.errors import Conflict, Forbidden
 from modelyard.filesets import service as fileset_service
 from modelyard.listing import ListQuery, Page
 from modelyard.models import store
-from modelyard.models.schemas import CreateModelEntityRequest, ModelEntity, UpdateModelEntityRequest
+from modelyard.models.schemas import (
+    CreateModelEntityRequest,
+    ModelEntity,
+    ModelSpec,
+    UpdateModelEntityRequest,
+)
 from modelyard.spec import SpecError, inspect_checkpoint
 from modelyard.workspaces import store as workspace_store
 
@@ -91,7 +97,14 @@ def _derive_spec(session: Session, settings: Settings, reference: str, name: str
     except SpecError as exc:
         log.info("spec not derived from fileset", extra={"fileset": reference, "model": name, "reason": str(exc)})
         return given
-    return {**derived, **(given or {})}
+    merged = {**derived, **(given or {})}
+    try:  # what the files said must still make a valid ModelSpec (responses are validated against it)
+        ModelSpec.model_validate(merged)
+    except ValidationError as exc:
+        reason = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3])
+        log.info("spec not derived from fileset", extra={"fileset": reference, "model": name, "reason": reason})
+        return given
+    return merged
 
 
 def create(

@@ -21,6 +21,7 @@ batch 1, LoRA rank 32 on every linear layer.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import struct
@@ -38,6 +39,9 @@ _DTYPE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F8_E4M3
                 "F8_E5M2": "float8_e5m2", "F64": "float64"}
 _CONV1D = re.compile(r"(^|\.)(c_attn|c_proj|c_fc|q_attn)\.weight$")  # GPT-2 style: weight is [in, out]
 _EMBEDDING = re.compile(r"(embed|wte|wpe|embedding|shared)", re.IGNORECASE)
+
+
+log = logging.getLogger("modelyard.spec")
 
 
 class SpecError(ValueError):
@@ -60,8 +64,14 @@ class Files:
     def json(self, path: str) -> Any:
         try:
             return json.loads(self.text(path))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise SpecError(f"{path} is not valid JSON ({exc})") from None
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            raise SpecError(f"{path} is not valid UTF-8 JSON ({type(exc).__name__})") from None
+
+    def json_object(self, path: str) -> dict[str, Any]:
+        value = self.json(path)
+        if not isinstance(value, dict):
+            raise SpecError(f"{path} must hold a JSON object, not {type(value).__name__}")
+        return value
 
 
 def safetensors_header(files: Files, path: str) -> dict[str, dict[str, Any]]:
@@ -74,17 +84,21 @@ def safetensors_header(files: Files, path: str) -> dict[str, dict[str, Any]]:
         raise SpecError(f"{path} has a header length of {length} bytes, which does not fit the file")
     try:
         header = json.loads(files.read(path, 8, length))
-    except ValueError as exc:
-        raise SpecError(f"{path} has a header that is not JSON ({exc})") from None
+    except (ValueError, RecursionError) as exc:
+        raise SpecError(f"{path} has a header that is not JSON ({type(exc).__name__})") from None
+    if not isinstance(header, dict):
+        raise SpecError(f"{path} has a header that is not a JSON object")
     header.pop("__metadata__", None)
-    return header
+    return {str(name): _shape(path, name, info) for name, info in header.items()}
 
 
 def checkpoint_tensors(files: Files) -> dict[str, dict[str, Any]]:
     """Every tensor of the checkpoint, from the index's shards or from every ``*.safetensors`` file."""
     if files.has("model.safetensors.index.json"):
-        index = files.json("model.safetensors.index.json")
-        shards = sorted(set((index.get("weight_map") or {}).values()))
+        weight_map = files.json_object("model.safetensors.index.json").get("weight_map") or {}
+        if not isinstance(weight_map, dict) or not all(isinstance(s, str) for s in weight_map.values()):
+            raise SpecError("model.safetensors.index.json: weight_map must map tensor names to shard files")
+        shards = sorted(set(weight_map.values()))
         missing = [s for s in shards if not files.has(s)]
         if missing:
             raise SpecError(f"model.safetensors.index.json names shards that are not in the fileset: {missing}")
@@ -94,6 +108,44 @@ def checkpoint_tensors(files: Files) -> dict[str, dict[str, Any]]:
     for shard in shards:
         tensors.update(safetensors_header(files, shard))
     return tensors
+
+
+MAX_COUNT = 2**40
+"""Largest count (layers, sizes, shape dimensions) taken from a checkpoint's files as plausible."""
+
+_READ_ERRORS = (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError, RecursionError,
+                struct.error, ZeroDivisionError)
+"""What malformed file contents can raise while they are read (the reader turns them into SpecError)."""
+
+
+def _count(config: dict[str, Any], *keys: str, required: bool = False, minimum: int = 1) -> int | None:
+    """The first of ``keys`` set in ``config`` as a whole number in [minimum, MAX_COUNT]; None when
+    none is set. A value of the wrong type or out of range is a :class:`SpecError`."""
+    value = _first(config, *keys)
+    if value is None:
+        if required:
+            raise SpecError(f"config.json lacks {' / '.join(keys)}")
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(f"config.json: {keys[0]} must be a whole number, not {type(value).__name__}")
+    if not minimum <= value <= MAX_COUNT:
+        raise SpecError(f"config.json: {keys[0]}={value if abs(value) < 10**15 else '…'} is out of range")
+    return value
+
+
+def _shape(path: str, tensor: str, info: Any) -> dict[str, Any]:
+    if not isinstance(info, dict):
+        raise SpecError(f"{path}: the header entry of a tensor is not an object")
+    shape, dtype = info.get("shape"), info.get("dtype")
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_COUNT for d in shape
+    ):
+        raise SpecError(f"{path}: a tensor's shape is not a list of sizes")
+    if not isinstance(dtype, str):
+        raise SpecError(f"{path}: a tensor's dtype is not a string")
+    return {"dtype": dtype, "shape": shape}
 
 
 def _text_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -110,14 +162,26 @@ def _first(config: dict[str, Any], *keys: str) -> Any:
 
 
 def _chat_template(files: Files) -> str | None:
+    """The chat template, or None: a tokenizer file that cannot be read only loses the template."""
+    try:
+        return _read_chat_template(files)
+    except (SpecError, UnicodeDecodeError, *_READ_ERRORS) as exc:
+        reason = str(exc) if isinstance(exc, SpecError) else f"unreadable ({type(exc).__name__})"
+        log.info("chat template not read", extra={"reason": reason})
+        return None
+
+
+def _read_chat_template(files: Files) -> str | None:
     if files.has("chat_template.jinja"):
         return files.text("chat_template.jinja")
     if files.has("tokenizer_config.json"):
-        template = files.json("tokenizer_config.json").get("chat_template")
+        template = files.json_object("tokenizer_config.json").get("chat_template")
         if isinstance(template, list):  # named templates: [{"name": "default", "template": ...}]
-            named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+            named = {str(t.get("name")): t.get("template") for t in template if isinstance(t, dict)}
             template = named.get("default") or next(iter(named.values()), None)
-        return template if isinstance(template, str) else None
+        if template is not None and not isinstance(template, str):
+            raise SpecError("tokenizer_config.json: chat_template must be a string or a list of named templates")
+        return template
     return None
 
 
@@ -143,7 +207,7 @@ def _natural(name: str) -> list[Any]:
 def _precision(config: dict[str, Any], tensors: dict[str, dict[str, Any]]) -> str:
     declared = _first(config, "torch_dtype", "dtype")
     if isinstance(declared, str):
-        return declared
+        return declared[:64]
     counts: dict[str, int] = {}
     for info in tensors.values():
         counts[info.get("dtype", "")] = counts.get(info.get("dtype", ""), 0) + math.prod(info.get("shape") or [1])
@@ -156,70 +220,94 @@ def _bytes_per_param(precision: str) -> float:
 
 
 def inspect_checkpoint(files: Files, name: str) -> dict[str, Any]:
-    """The ``ModelSpec`` fields this checkpoint determines. :class:`SpecError` if it cannot be read;
-    a fileset without ``config.json`` raises too (the caller logs it and leaves ``spec`` empty)."""
+    """The ``ModelSpec`` fields this checkpoint determines. :class:`SpecError` if it cannot be read,
+    whatever is wrong with the files (malformed JSON, wrong types, absurd sizes, a broken safetensors
+    header); a fileset without ``config.json`` raises too (the caller logs it and leaves ``spec``
+    empty). Errors of the storage itself are not caught here."""
+    try:
+        return _without_nul(_inspect_checkpoint(files, name))
+    except SpecError:
+        raise
+    except UnicodeDecodeError:
+        raise SpecError("a checkpoint file is not valid UTF-8") from None
+    except _READ_ERRORS as exc:
+        raise SpecError(f"the checkpoint files could not be read ({type(exc).__name__})") from None
+
+
+def _inspect_checkpoint(files: Files, name: str) -> dict[str, Any]:
     if not files.has("config.json"):
         raise SpecError("the fileset has no config.json")
-    config = _text_config(files.json("config.json"))
-    family = str(config.get("model_type") or "unknown")
+    config = _text_config(files.json_object("config.json"))
+    family = str(config.get("model_type") or "unknown")[:100]
     tensors = checkpoint_tensors(files)
-    num_layers = _first(config, "num_hidden_layers", "n_layer", "num_layers")
-    hidden = _first(config, "hidden_size", "n_embd", "d_model")
-    heads = _first(config, "num_attention_heads", "n_head")
-    if not (num_layers and hidden and heads):
-        raise SpecError("config.json lacks num_hidden_layers, hidden_size or num_attention_heads")
-    kv_heads = _first(config, "num_key_value_heads", "n_head_kv") or heads
-    ffn = _first(config, "intermediate_size", "n_inner", "ffn_dim") or 4 * hidden
+    num_layers = _count(config, "num_hidden_layers", "n_layer", "num_layers", required=True)
+    hidden = _count(config, "hidden_size", "n_embd", "d_model", required=True)
+    heads = _count(config, "num_attention_heads", "n_head", required=True)
+    assert num_layers and hidden and heads
+    kv_heads = _count(config, "num_key_value_heads", "n_head_kv") or heads
+    ffn = _count(config, "intermediate_size", "n_inner", "ffn_dim") or 4 * hidden
     names = list(tensors)
     if tensors:
         tied = not any(n.endswith("lm_head.weight") for n in names)
         gated = any(re.search(r"(gate_proj|gate_up_proj|\.w1\.|\.w3\.)", n) for n in names)
     else:
-        tied = bool(config.get("tie_word_embeddings", family == "gpt2"))
+        tied = config.get("tie_word_embeddings", family == "gpt2") is True
         gated = family not in ("gpt2", "gpt_neox", "gptj", "opt", "bloom", "falcon")
     precision = _precision(config, tensors)
     template = _chat_template(files)
     spec: dict[str, Any] = {
         "checkpoint_model_name": name,
         "family": family,
-        "num_layers": int(num_layers),
-        "hidden_size": int(hidden),
-        "num_attention_heads": int(heads),
-        "num_kv_heads": int(kv_heads),
-        "ffn_hidden_size": int(ffn),
-        "vocab_size": int(config.get("vocab_size") or 0),
+        "num_layers": num_layers,
+        "hidden_size": hidden,
+        "num_attention_heads": heads,
+        "num_kv_heads": kv_heads,
+        "ffn_hidden_size": ffn,
+        "vocab_size": _count(config, "vocab_size", minimum=0) or 0,
         "tied_embeddings": tied,
         "gated_mlp": gated,
         "precision": precision,
-        "context_size": _first(config, "max_position_embeddings", "n_positions", "n_ctx", "seq_length"),
+        "context_size": _count(config, "max_position_embeddings", "n_positions", "n_ctx", "seq_length"),
         "is_chat": template is not None,
         "base_num_parameters": sum(math.prod(t.get("shape") or [1]) for t in tensors.values()),
         "linear_layers": linear_layers(tensors, family),
         "chat_template": template,
     }
-    experts = _first(config, "num_local_experts", "num_experts", "n_routed_experts")
+    experts = _count(config, "num_local_experts", "num_experts", "n_routed_experts", minimum=0)
     if experts:
         spec["moe_config"] = {
-            "num_experts": int(experts),
-            "num_experts_per_tok": int(_first(config, "num_experts_per_tok", "top_k", "moe_topk") or 1),
-            "num_expert_layers": int(num_layers),
-            "expert_ffn_size": _first(config, "moe_intermediate_size", "expert_intermediate_size"),
-            "num_shared_experts": int(_first(config, "n_shared_experts", "num_shared_experts") or 0),
+            "num_experts": experts,
+            "num_experts_per_tok": _count(config, "num_experts_per_tok", "top_k", "moe_topk") or 1,
+            "num_expert_layers": num_layers,
+            "expert_ffn_size": _count(config, "moe_intermediate_size", "expert_intermediate_size"),
+            "num_shared_experts": _count(config, "n_shared_experts", "num_shared_experts", minimum=0) or 0,
         }
     if family in ("mamba", "mamba2", "jamba", "falcon_mamba", "nemotron_h", "zamba", "zamba2"):
-        attention_layers = int(_first(config, "num_attention_layers") or 0)
+        attention_layers = min(_count(config, "num_attention_layers", minimum=0) or 0, num_layers)
         spec["mamba_config"] = {
             "is_hybrid": family not in ("mamba", "mamba2", "falcon_mamba"),
-            "num_mamba_layers": int(num_layers) - attention_layers,
+            "num_mamba_layers": num_layers - attention_layers,
             "num_attention_layers": attention_layers,
-            "state_size": int(_first(config, "state_size", "d_state", "mamba_d_state") or 16),
-            "conv_kernel": int(_first(config, "conv_kernel", "d_conv", "mamba_d_conv") or 4),
+            "state_size": _count(config, "state_size", "d_state", "mamba_d_state") or 16,
+            "conv_kernel": _count(config, "conv_kernel", "d_conv", "mamba_d_conv") or 4,
         }
     window = config.get("sliding_window")
-    if isinstance(window, int) and window > 0 and config.get("use_sliding_window", True) is not False:
+    if (isinstance(window, int) and not isinstance(window, bool) and 0 < window <= MAX_COUNT
+            and config.get("use_sliding_window", True) is not False):
         spec["sliding_window_config"] = {"window_size": window}
     spec.update(gpu_estimates(spec))
     return spec
+
+
+def _without_nul(value: Any) -> Any:
+    """NUL characters dropped from every string (PostgreSQL can store none, even inside JSON)."""
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(item) for item in value]
+    return value
 
 
 def gpu_estimates(spec: dict[str, Any]) -> dict[str, int]:
@@ -252,7 +340,19 @@ class AdapterFacts:
 
 
 def inspect_adapter(files: Files) -> AdapterFacts | None:
-    """A PEFT adapter's facts, or None when the fileset has no ``adapter_config.json``."""
+    """A PEFT adapter's facts, or None when the fileset has no ``adapter_config.json``;
+    :class:`SpecError` when its files are malformed."""
+    try:
+        return _inspect_adapter(files)
+    except SpecError:
+        raise
+    except UnicodeDecodeError:
+        raise SpecError("an adapter file is not valid UTF-8") from None
+    except _READ_ERRORS as exc:
+        raise SpecError(f"the adapter files could not be read ({type(exc).__name__})") from None
+
+
+def _inspect_adapter(files: Files) -> AdapterFacts | None:
     if not files.has("adapter_config.json"):
         return None
     config = files.json("adapter_config.json")
@@ -260,13 +360,20 @@ def inspect_adapter(files: Files) -> AdapterFacts | None:
         raise SpecError("adapter_config.json must hold a JSON object")
     try:
         rank = int(config.get("r") or 0)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         rank = 0
+    if not 0 <= rank <= MAX_COUNT:
+        raise SpecError("adapter_config.json: r is out of range")
     alpha = config.get("lora_alpha")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 1 <= alpha <= MAX_COUNT:
+        alpha = None
     targets = config.get("target_modules") or []
+    if not isinstance(targets, (str, list)) or not all(isinstance(t, str) for t in targets):
+        raise SpecError("adapter_config.json: target_modules must be a string or a list of strings")
     facts = AdapterFacts(
-        rank=rank, alpha=int(alpha) if isinstance(alpha, (int, float)) else None,
-        peft_type=str(config.get("peft_type") or "LORA"), use_dora=bool(config.get("use_dora")),
+        rank=rank, alpha=int(alpha) if alpha is not None else None,
+        peft_type=str(config.get("peft_type") or "LORA")[:64].replace("\x00", ""),
+        use_dora=config.get("use_dora") is True,
         target_modules=[targets] if isinstance(targets, str) else list(targets),
     )
     weights = next((p for p in ("adapter_model.safetensors",) if files.has(p)), None)
