@@ -114,7 +114,8 @@ def hardware() -> HardwareList:
 def to_wire(row: tables.Endpoint, supervisor: Supervisor | None) -> Endpoint:
     runtime = supervisor.runtimes.get(row.id) if supervisor else None
     live = runtime.live if runtime else 0
-    degraded = bool(runtime and row.desired_state == "STARTED" and runtime.degraded)
+    degraded = bool(runtime and row.desired_state == "STARTED" and row.state in ("STARTED", "STARTING")
+                    and runtime.degraded)
     state = row.state
     if state == "STARTED" and degraded and live == 0:
         state = "STARTING"  # never STARTED with nothing to serve (the supervisor writes it soon too)
