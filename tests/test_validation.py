@@ -69,6 +69,15 @@ def test_timestamp_filter_is_normalised_to_utc(client: Modelyard) -> None:
     assert not http(client).get(WS, params={"filter[created_at][$gte]": "9999-01-01T00:00:00-14:00"}).json()["data"]
 
 
+def test_in_filters_take_at_most_1000_values(client: Modelyard) -> None:
+    many = ",".join(f"n{i}" for i in range(5000))
+    for op in ("$in", "$nin"):
+        response = http(client).get(MODELS, params={f"filter[name][{op}]": many})
+        assert_client_error(response, 400)
+        assert "at most 1000" in response.json()["detail"]
+    assert http(client).get(MODELS, params={"filter[name][$in]": ",".join(f"n{i}" for i in range(1000))}).status_code == 200
+
+
 # ----- control characters in names, paths and filters ---------------------------------------------
 
 
@@ -126,7 +135,7 @@ def test_nul_in_nested_json_is_422_on_every_registry_route(client: Modelyard) ->
 
 @pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity", "1e999"])
 def test_nan_and_infinity_in_json_are_422(client: Modelyard, constant: str) -> None:
-    raw = '{"name": "m1", "custom_fields": {"x": %s}}' % constant
+    raw = '{"name": "m1", "custom_fields": {"x": ' + constant + "}}"
     response = post_json(client, MODELS, raw)
     assert_client_error(response, 422)
 

@@ -29,6 +29,7 @@ SortParam = Literal["name", "-name", "created_at", "-created_at", "updated_at", 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 MAX_PAGE = 1_000_000
+MAX_FILTER_VALUES = 1000
 
 STRING_OPS = ("$eq", "$like", "$in", "$nin")
 TIMESTAMP_OPS = ("$eq", "$gte", "$lte")
@@ -138,6 +139,8 @@ def _condition(name: str, spec: FilterField, op: str, values: Sequence[str]) -> 
         items = [item.strip() for raw in values for item in raw.split(",") if item.strip()]
         if not items:
             raise InvalidRequest(f"Filter '{name}' with {op} needs at least one value (comma-separated)")
+        if len(items) > MAX_FILTER_VALUES:
+            raise InvalidRequest(f"Filter '{name}' with {op} takes at most {MAX_FILTER_VALUES} values")
         return spec.column.in_(items) if op == "$in" else spec.column.not_in(items) | spec.column.is_(None)
     if op == "$like":
         return spec.column.ilike(_like_pattern(value), escape="\\")
