@@ -1,14 +1,17 @@
-"""Fileset storage: one small interface over fsspec, local disk or S3, and local copies for engines.
+"""Fileset storage over fsspec (local disk or S3): content-addressed blobs, and local folders for engines.
 
-A fileset's files live under a root chosen by its ``storage``: ``local`` is the folder
-``{home}/filesets/<ws>/<name>``; ``s3`` is ``s3://<bucket>/<prefix>/<ws>/<name>`` (credentials come
-from settings or the environment, never from the fileset row). Writes are atomic: a local file is
-written under a temporary name and renamed into place when complete; an S3 object only appears when
-its (multipart) upload completes, and an aborted upload is discarded. So an interrupted upload leaves
-the previous version, or nothing, visible.
+Bytes live in a *blob area*: ``{home}/blobs`` for every ``local`` fileset, and
+``s3://<bucket>/<prefix>/.modelyard/blobs`` for the ``s3`` filesets on that bucket and prefix
+(credentials come from settings or the environment, never from the fileset row). A blob is stored
+once under its sha256, ``<aa>/<sha256>``, and never changes: it is written under a temporary name
+(locally a file renamed into place; on S3 a completed multipart upload to a temporary key, then
+copied) and appears only whole. Which path of which fileset holds which blob is the database's
+business (``fileset_files``); :meth:`BlobStore.sweep` removes what no row references.
 
-Engines read files from local disk: :func:`cached_copy` makes a complete local copy under
-``{home}/cache`` (a temporary folder renamed into place, named by a fingerprint of the content).
+:class:`FileStore` reads the layout before blobs (``<root>/<ws>/<name>/<path>``), to move such
+files into blobs. Engines read files from local disk: :func:`cached_copy` builds a folder with every
+file at its path (hard links to local blobs, copies of S3 ones) under ``{home}/cache``, renamed
+into place, named by a fingerprint of the content.
 """
 
 from __future__ import annotations
@@ -38,15 +41,9 @@ def fileset_dir(home: Path, reference: str) -> Path:
     return Path(home) / "filesets" / workspace / name
 
 
-class Writer(Protocol):
-    def write(self, data: bytes) -> None: ...
-    def commit(self) -> None: ...
-    def abort(self) -> None: ...
-
-
 @dataclass
 class FileStore:
-    """The files of one fileset, addressed by relative POSIX path."""
+    """The files of one fileset in the layout before blobs, addressed by relative POSIX path."""
 
     fs: Any  # fsspec.AbstractFileSystem
     root: str
@@ -56,11 +53,6 @@ class FileStore:
     def _full(self, path: str) -> str:
         return f"{self.root}/{path}" if path else self.root
 
-    def writer(self, path: str) -> Writer:
-        if self.local:
-            return _LocalWriter(Path(self._full(path)))
-        return _S3Writer(self.fs.open(self._full(path), "wb", block_size=self.part_size))
-
     def open(self, path: str) -> BinaryIO:
         return self.fs.open(self._full(path), "rb")
 
@@ -68,18 +60,6 @@ class FileStore:
         with self.open(path) as handle:
             handle.seek(start)
             return handle.read(length)
-
-    def iter_range(self, path: str, start: int, end: int) -> Iterator[bytes]:
-        """Bytes ``start`` to ``end`` inclusive, in chunks."""
-        with self.open(path) as handle:
-            handle.seek(start)
-            remaining = end - start + 1
-            while remaining > 0:
-                data = handle.read(min(CHUNK, remaining))
-                if not data:
-                    return
-                remaining -= len(data)
-                yield data
 
     def exists(self, path: str) -> bool:
         return bool(self.fs.exists(self._full(path)))
@@ -96,42 +76,6 @@ class FileStore:
         target.parent.mkdir(parents=True, exist_ok=True)
         with self.open(path) as source, open(target, "wb") as out:
             shutil.copyfileobj(source, out, CHUNK)
-
-
-class _LocalWriter:
-    def __init__(self, target: Path) -> None:
-        self.target = target
-        target.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = target.parent / f"{TMP_PREFIX}{target.name}-{uuid.uuid4().hex}"
-        self.handle = open(self.tmp, "wb")  # noqa: SIM115 - closed in commit/abort
-
-    def write(self, data: bytes) -> None:
-        self.handle.write(data)
-
-    def commit(self) -> None:
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
-        self.handle.close()
-        os.replace(self.tmp, self.target)
-
-    def abort(self) -> None:
-        self.handle.close()
-        self.tmp.unlink(missing_ok=True)
-
-
-class _S3Writer:
-    def __init__(self, handle: Any) -> None:
-        self.handle = handle
-
-    def write(self, data: bytes) -> None:
-        self.handle.write(data)
-
-    def commit(self) -> None:
-        self.handle.close()  # completes the (multipart) upload: only now does the object exist
-
-    def abort(self) -> None:
-        self.handle.discard()  # aborts the multipart upload; nothing becomes visible
-        self.handle.closed = True  # so that garbage collection never tries to flush what was discarded
 
 
 def open_store(home: Path, workspace: str, name: str, storage: dict[str, Any] | None,
@@ -292,6 +236,12 @@ class BlobStore:
 
     def _remove_if_stale(self, path: str, grace: float) -> bool:
         if not self.local:
+            # S3 has no atomic rename: look again just before removing (an upload may have copied the
+            # same bytes there since the listing); what is left is a window of one request
+            self.fs.invalidate_cache(path)
+            modified = self.fs.info(path).get("LastModified")
+            if modified is not None and time.time() - modified.timestamp() < grace:
+                return False
             self.fs.rm(path)
             return True
         # take the blob away atomically, then look at what was taken: an upload may have just
