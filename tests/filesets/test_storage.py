@@ -156,3 +156,29 @@ def test_an_unreachable_bucket_is_a_clear_502(client: Modelyard, settings: Setti
         client.filesets.upload_file("default", "offline", "a.bin", b"data")
     assert err.value.status_code == 502 and "fileset storage failed" in str(err.value)
     assert client.filesets.list_files("default", "offline").data == []
+
+
+def test_s3_files_of_the_old_layout_are_moved_into_blobs(s3: object, s3_server: str, settings: Settings) -> None:
+    import sqlalchemy as sa
+    from fastapi.testclient import TestClient
+
+    from modelyard.app import create_app
+    from modelyard.db.engine import Database
+
+    storage = {"type": "s3", "bucket": s3.bucket, "prefix": "old", "endpoint_url": s3_server}  # type: ignore[attr-defined]
+    with TestClient(create_app(settings)) as http:
+        client = Modelyard("http://testserver", http_client=http)
+        client.filesets.create("default", name="remote", storage=storage)
+        entry = client.filesets.upload_file("default", "remote", "w/config.json", b'{"old": true}')
+    # as a fileset written before migration 0004 lies on S3: the object at its path, layout 1
+    blob = f"old/.modelyard/blobs/{entry.sha256[:2]}/{entry.sha256}"
+    s3.delete_object(Bucket=s3.bucket, Key=blob)  # type: ignore[attr-defined]
+    s3.put_object(Bucket=s3.bucket, Key="old/default/remote/w/config.json", Body=b'{"old": true}')  # type: ignore[attr-defined]
+    db = Database(settings.resolved_database_url)
+    with db.session(write=True) as session:
+        session.execute(sa.text("UPDATE filesets SET layout = 1 WHERE name = 'remote'"))
+    db.dispose()
+    with TestClient(create_app(settings)) as http:
+        client = Modelyard("http://testserver", http_client=http)
+        assert client.request("GET", f"{FS}/remote/-/w/config.json").content == b'{"old": true}'
+    assert set(_objects(s3, "old/")) == {blob}
