@@ -251,6 +251,17 @@ def test_endpoint_update_is_bounded_by_max_replicas(client: Modelyard) -> None:
     assert "MODELYARD_MAX_REPLICAS" in response.json()["error"]["message"]
 
 
+def test_endpoint_inactive_timeout_fits_the_column(client: Modelyard) -> None:
+    response = http(client).post("/v1/endpoints", json={**_endpoint_body(1, 1), "inactive_timeout": 2**40})
+    assert_client_error(response, 400)
+    assert response.json()["error"]["param"] == "inactive_timeout"
+
+
+def test_nul_in_a_header_is_400(client: Modelyard) -> None:
+    response = http(client).get("/v1/endpoints", headers={"X-Modelyard-Workspace": "a\x00b"})
+    assert_client_error(response, 400)
+
+
 def test_max_replicas_is_a_setting(settings: Settings) -> None:
     assert Settings().max_replicas == 8
     roomy = settings.model_copy(update={"max_replicas": 64})

@@ -2,8 +2,9 @@
 
 A plain ASGI middleware that checks, before any route or parser sees the request:
 
-* the URL: no NUL or other control characters in the path or the query string (400) — PostgreSQL
-  cannot store NUL, and no name, file path or filter value needs a control character;
+* the URL: no NUL or other control characters in the path or the query string, and no NUL in a
+  header (400) — PostgreSQL cannot store NUL, and no name, file path or filter value needs a control
+  character;
 * JSON bodies (``application/json``, ``*+json``, or no content type, which FastAPI parses as JSON):
   at most ``MODELYARD_MAX_JSON_BYTES`` (413, from ``Content-Length`` before anything is read, or as
   soon as the body passes the limit), nested at most :data:`MAX_DEPTH` deep, no ``NaN``/``Infinity``
@@ -92,6 +93,9 @@ def check_document(document: Any) -> None:
 def _url_problem(scope: Scope) -> str | None:
     if _CONTROL.search(scope.get("path", "")):
         return "The URL path contains a control character (such as NUL); names and paths cannot hold them"
+    for name, value in scope.get("headers", []):
+        if b"\x00" in value:
+            return f"Header '{clip(name.decode('latin-1'), 60)}' contains a NUL character"
     query = scope.get("query_string", b"").decode("latin-1")
     if query:
         for key, value in parse_qsl(query, keep_blank_values=True):

@@ -43,7 +43,7 @@ class CreateEndpointRequest(BaseModel):
     autoscaling: Autoscaling
     display_name: str | None = Field(default=None, max_length=255)
     state: Literal["STARTED", "STOPPED"] = "STARTED"
-    inactive_timeout: int | None = Field(default=None, ge=0)
+    inactive_timeout: int | None = Field(default=None, ge=0, le=2**31 - 1)
     availability_zone: str | None = None
     disable_prompt_cache: bool | None = None
     disable_speculative_decoding: bool | None = None
@@ -63,7 +63,7 @@ class UpdateEndpointRequest(BaseModel):
     state: Literal["STARTED", "STOPPED"] | None = None
     autoscaling: Autoscaling | None = None
     display_name: str | None = Field(default=None, max_length=255)
-    inactive_timeout: int | None = Field(default=None, ge=0)
+    inactive_timeout: int | None = Field(default=None, ge=0, le=2**31 - 1)
 
     replicas_within_limit = field_validator("autoscaling")(_within_host_limit)
 
