@@ -63,8 +63,12 @@ class Sweeper:
         """Move the files of filesets still in the old layout (``<root>/<ws>/<name>/<path>``) into blobs,
         by the sha256 their rows hold, then mark the fileset as blob-backed (migration 0004)."""
         with self.db.session(write=True) as session:  # areas of filesets made before blob_areas existed
+            known = store.areas(session)
             for storage in store.storages(session):
-                store.remember_area(session, blob_area(self.settings.home, storage), storage, utcnow())
+                key = blob_area(self.settings.home, storage)
+                if key not in known:
+                    store.remember_area(session, key, storage, utcnow())
+                    known[key] = storage
         with self.db.session() as session:
             rows = store.legacy(session)
             files = {row.id: [(f.path, f.sha256) for f in store.files(session, row.id)] for row in rows}
