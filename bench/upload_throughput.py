@@ -161,7 +161,7 @@ def main() -> None:
                 print(f"run {i + 1}: raw {size / MB / raws[-1].seconds:.1f} MB/s, upload "
                       f"{size / MB / uploads[-1].seconds:.1f} MB/s, send {size / MB / sends[-1].seconds:.1f} MB/s",
                       flush=True)
-            stored = folder / "home" / "filesets" / "default" / "bench" / "checkpoint.bin"
+            stored = folder / "home" / "blobs" / expected[:2] / expected  # content-addressed
             assert stored.stat().st_size == size
     best_raw = min(raws, key=lambda r: r.seconds)
     best_upload = min(uploads, key=lambda r: r.seconds)
