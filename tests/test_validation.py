@@ -89,6 +89,13 @@ def test_nul_and_control_characters_in_the_url_path_are_400(client: Modelyard, p
         assert_client_error(http(client).request(method, path), 400)
 
 
+@pytest.mark.parametrize("path", [f"{WS}/{'w' * 5000}", f"{MODELS}/{'m' * 201}", f"/v1/endpoints/{'e' * 300}"])
+def test_long_names_in_the_url_are_not_echoed(client: Modelyard, path: str) -> None:
+    response = http(client).get(path)
+    assert_client_error(response, 400, 404)
+    assert len(response.text) < 400
+
+
 def test_nul_in_a_file_upload_path_is_400(client: Modelyard) -> None:
     make_fileset(client, "default/fs")
     response = http(client).put(f"{FILESETS}/fs/-/a%00b.txt", content=b"x",

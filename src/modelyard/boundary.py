@@ -3,8 +3,8 @@
 A plain ASGI middleware that checks, before any route or parser sees the request:
 
 * the URL: no NUL or other control characters in the path or the query string, and no NUL in a
-  header (400) — PostgreSQL cannot store NUL, and no name, file path or filter value needs a control
-  character;
+  header, and no path segment over :data:`MAX_SEGMENT` characters outside file paths (400) —
+  PostgreSQL cannot store NUL, and no name, file path or filter value needs a control character;
 * JSON bodies (``application/json``, ``*+json``, or no content type, which FastAPI parses as JSON):
   at most ``MODELYARD_MAX_JSON_BYTES`` (413, from ``Content-Length`` before anything is read, or as
   soon as the body passes the limit), nested at most :data:`MAX_DEPTH` deep, no ``NaN``/``Infinity``
@@ -31,6 +31,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from modelyard.errors import ECHO_LIMIT, clip
 
 MAX_DEPTH = 64
+MAX_SEGMENT = ECHO_LIMIT
+"""Longest segment of a URL path outside file paths (names are at most 63 characters, ids shorter
+than this): a longer one is 400, so no error message repeats more than this of it."""
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _FILE_ROUTE = re.compile(r"^/apis/files/v2/workspaces/[^/]+/filesets/[^/]+/-/")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -91,8 +94,11 @@ def check_document(document: Any) -> None:
 
 
 def _url_problem(scope: Scope) -> str | None:
-    if _CONTROL.search(scope.get("path", "")):
+    path = scope.get("path", "")
+    if _CONTROL.search(path):
         return "The URL path contains a control character (such as NUL); names and paths cannot hold them"
+    if not _FILE_ROUTE.match(path) and any(len(segment) > MAX_SEGMENT for segment in path.split("/")):
+        return f"A URL path segment is longer than {MAX_SEGMENT} characters; no name or id is that long"
     for name, value in scope.get("headers", []):
         if b"\x00" in value:
             return f"Header '{clip(name.decode('latin-1'), 60)}' contains a NUL character"
