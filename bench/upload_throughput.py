@@ -10,17 +10,23 @@ of ``--size-mb`` MB of random bytes, then in the same run:
   writes it again, and renames it into place;
 - ``send``: the same call with ``sha256=`` given, so only the transfer and the server's work count.
 
+With ``--concurrent N --each-mb M`` (the issue's 16 x 64 MB) N files are uploaded at once, each to its
+own path, against N raw copies of the same files one after another on the same disk. With
+``--storage s3`` the fileset lives in a bucket of moto's S3-protocol server (started here, in its own
+process); the raw baseline stays a local write+hash of the same bytes.
+
 Each is repeated ``--repeat`` times (best run reported: the machine is shared and noisy). CPU
 seconds per GB are the server process's (``/proc`` via psutil, children included) and this
 process's own (the client, and the raw copy). The server's HTTP parser is uvicorn's choice
 (httptools when installed, else h11), printed as ``server_http``.
 
-Last line: ``upload_mb_s=… raw_mb_s=… upload_vs_raw=…``.
+Last line: ``upload_mb_s=… send_mb_s=… raw_mb_s=… ratio=…`` (ratio = upload / raw).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import importlib.util
 import os
@@ -29,6 +35,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,25 +56,51 @@ class Run:
     client_cpu: float
 
 
+def wait_up(url: str, proc: subprocess.Popen[bytes], what: str) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise SystemExit(f"{what} did not start")
+        time.sleep(0.2)
+
+
 @contextmanager
-def own_server(home: Path) -> Iterator[tuple[str, psutil.Process]]:
+def moto_bucket() -> Iterator[dict[str, str]]:
+    """A bucket on moto's S3 server in its own process: the storage body for an ``s3`` fileset."""
+    import boto3
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_up(url + "/moto-api/", proc, "moto")
+        boto3.client("s3", endpoint_url=url, aws_access_key_id="bench", aws_secret_access_key="bench",
+                     region_name="us-east-1").create_bucket(Bucket="bench")
+        yield {"type": "s3", "bucket": "bench", "endpoint_url": url}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+@contextmanager
+def own_server(home: Path, s3: dict[str, str] | None = None) -> Iterator[tuple[str, psutil.Process]]:
     port = free_port()
     env = {**os.environ, "MODELYARD_HOME": str(home), "MODELYARD_LOG_LEVEL": "WARNING"}
+    if s3:
+        env.update({"MODELYARD_S3_ACCESS_KEY_ID": "bench", "MODELYARD_S3_SECRET_ACCESS_KEY": "bench",
+                    "MODELYARD_S3_ENDPOINT_URL": s3["endpoint_url"], "MODELYARD_S3_REGION": "us-east-1"})
     env.pop("MODELYARD_DATABASE_URL", None)
     proc = subprocess.Popen([sys.executable, "-m", "modelyard.cli.main", "serve", "--port", str(port)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise SystemExit("the bench server did not start")
-            time.sleep(0.2)
+        wait_up(url + "/health", proc, "the bench server")
         yield url, psutil.Process(proc.pid)
     finally:
         proc.terminate()
@@ -126,56 +159,71 @@ def line(name: str, size: int, run: Run) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-mb", type=int, default=256, help="file size in MB (10^6 bytes)")
+    parser.add_argument("--concurrent", type=int, default=1, help="files uploaded at once (each --each-mb)")
+    parser.add_argument("--each-mb", type=int, default=64, help="size of each file with --concurrent > 1")
+    parser.add_argument("--storage", choices=["local", "s3"], default="local", help="where the fileset lives")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each kind; the best is reported")
-    parser.add_argument("--tmp", default=None, help="folder for the file, the copy and the server's home")
+    parser.add_argument("--tmp", default=None, help="folder for the files, the copies and the server's home")
     args = parser.parse_args()
-    size = args.size_mb * MB
-    with tempfile.TemporaryDirectory(prefix="modelyard-bench-", dir=args.tmp) as tmp:
+    count = max(args.concurrent, 1)
+    each = (args.each_mb if count > 1 else args.size_mb) * MB
+    size = each * count  # bytes moved per run
+    with tempfile.TemporaryDirectory(prefix="modelyard-bench-", dir=args.tmp) as tmp, contextlib.ExitStack() as stack:
         folder = Path(tmp)
-        source = folder / "checkpoint.bin"
-        expected = make_file(source, size)
-        with own_server(folder / "home") as (url, server), Modelyard(url, timeout=600) as client:
-            client.filesets.create("default", name="bench")
-            raws, uploads, sends = [], [], []
-            for i in range(args.repeat):
-                target = folder / f"raw-{i}.bin"
+        sources = [folder / f"checkpoint-{i}.bin" for i in range(count)]
+        expected = [make_file(source, each) for source in sources]
+        s3 = stack.enter_context(moto_bucket()) if args.storage == "s3" else None
+        url, server = stack.enter_context(own_server(folder / "home", s3))
+        client = stack.enter_context(Modelyard(url, timeout=600))
+        client.filesets.create("default", name="bench", **({"storage": s3} if s3 else {}))
+        pool = stack.enter_context(ThreadPoolExecutor(max_workers=count))
 
-                def raw(target: Path = target) -> None:
-                    assert raw_copy(source, target) == expected
+        def each_file(fn: Callable[[int], None]) -> None:
+            for future in [pool.submit(fn, i) for i in range(count)]:
+                future.result()
 
-                raws.append(measure(server, raw))
-                target.unlink()
+        raws, uploads, sends = [], [], []
+        for run in range(args.repeat):
 
-                def upload() -> None:
-                    entry = client.filesets.upload_file("default", "bench", "checkpoint.bin", source)
-                    assert entry.sha256 == expected and entry.size == size, entry
+            def raw() -> None:  # one after another: the disk's own speed for the same bytes
+                for i, source in enumerate(sources):
+                    target = folder / f"raw-{i}.bin"
+                    assert raw_copy(source, target) == expected[i]
+                    target.unlink()
 
-                uploads.append(measure(server, upload))
+            raws.append(measure(server, raw))
 
-                def send() -> None:
-                    entry = client.filesets.upload_file("default", "bench", "checkpoint.bin", source,
-                                                        sha256=expected)
-                    assert entry.sha256 == expected and entry.size == size, entry
+            def upload_one(i: int, announce: bool) -> None:
+                entry = client.filesets.upload_file("default", "bench", f"checkpoint-{i}.bin", sources[i],
+                                                    **({"sha256": expected[i]} if announce else {}))
+                assert entry.sha256 == expected[i] and entry.size == each, entry
 
-                sends.append(measure(server, send))
-                print(f"run {i + 1}: raw {size / MB / raws[-1].seconds:.1f} MB/s, upload "
-                      f"{size / MB / uploads[-1].seconds:.1f} MB/s, send {size / MB / sends[-1].seconds:.1f} MB/s",
-                      flush=True)
-            stored = folder / "home" / "blobs" / expected[:2] / expected  # content-addressed
-            assert stored.stat().st_size == size
+            uploads.append(measure(server, lambda: each_file(lambda i: upload_one(i, False))))
+            sends.append(measure(server, lambda: each_file(lambda i: upload_one(i, True))))
+            print(f"run {run + 1}: raw {size / MB / raws[-1].seconds:.1f} MB/s, upload "
+                  f"{size / MB / uploads[-1].seconds:.1f} MB/s, send {size / MB / sends[-1].seconds:.1f} MB/s",
+                  flush=True)
+        if s3 is None:
+            for digest in expected:  # content-addressed
+                assert (folder / "home" / "blobs" / digest[:2] / digest).stat().st_size == each
+        else:
+            listed = {f.path: f.sha256 for f in client.filesets.list_files("default", "bench").data}
+            assert listed == {f"checkpoint-{i}.bin": d for i, d in enumerate(expected)}, listed
     best_raw = min(raws, key=lambda r: r.seconds)
     best_upload = min(uploads, key=lambda r: r.seconds)
     best_send = min(sends, key=lambda r: r.seconds)
     # uvicorn's "auto" takes httptools when it is installed, else the pure-Python h11 parser
     http = "httptools" if importlib.util.find_spec("httptools") else "h11"
-    print(f"size={args.size_mb} MB  repeat={args.repeat}  cores={os.cpu_count()}  server_http={http}  (best of each)")
+    shape = f"{count} x {each // MB} MB at once" if count > 1 else f"{each // MB} MB"
+    print(f"files={shape}  storage={args.storage}  repeat={args.repeat}  cores={os.cpu_count()}  "
+          f"server_http={http}  (best of each)")
     print(line("raw", size, best_raw))
     print(line("upload", size, best_upload))
     print(line("send", size, best_send))
     raw_mb_s, upload_mb_s = size / MB / best_raw.seconds, size / MB / best_upload.seconds
     send_mb_s = size / MB / best_send.seconds
     print(f"upload_mb_s={upload_mb_s:.1f} send_mb_s={send_mb_s:.1f} raw_mb_s={raw_mb_s:.1f} "
-          f"upload_vs_raw={upload_mb_s / raw_mb_s:.2f}")
+          f"ratio={upload_mb_s / raw_mb_s:.2f}")
 
 
 if __name__ == "__main__":
