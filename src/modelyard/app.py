@@ -33,6 +33,7 @@ from modelyard.errors import ECHO_LIMIT, ApiError, ServiceError, clip
 from modelyard.filesets.router import router as filesets_router
 from modelyard.gateway.router import PREFIX as GATEWAY_PREFIX
 from modelyard.gateway.router import router as gateway_router
+from modelyard.methods import HttpMethods
 from modelyard.models.router import router as models_router
 from modelyard.workspaces.router import router as workspaces_router
 
@@ -236,5 +237,84 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         RequestBoundary, max_json_bytes=settings.max_json_bytes, max_replicas=settings.max_replicas,
         openai_surface=_openai_surface,
     )
+    declare_error_responses(app)
+    app.add_middleware(HttpMethods, routes=app.router.routes)
     app.add_middleware(AccessLog)
     return app
+
+
+_DETAIL_SCHEMA = {
+    "title": "Detail", "type": "object", "required": ["detail"],
+    "properties": {"detail": {"type": "string", "title": "Detail"}},
+    "description": "The error body of the registry and files routes.",
+}
+_OPENAI_ERROR_SCHEMA = {
+    "title": "OpenAIError", "type": "object", "required": ["error"],
+    "description": "The error body of the OpenAI-compatible routes (/v1, the gateway prefix).",
+    "properties": {"error": {"type": "object", "required": ["message"], "properties": {
+        "message": {"type": "string"}, "type": {"type": ["string", "null"]},
+        "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]},
+    }}},
+}
+_WHY = {
+    400: "a malformed request (control characters, a bad filter, a value the rules refuse)",
+    403: "not allowed (e.g. trust_remote_code outside a trusted fileset workspace)",
+    404: "no such workspace or entity",
+    409: "conflicts with the current state (a duplicate, or data still in use)",
+    413: "the request body is larger than MODELYARD_MAX_JSON_BYTES (or a file than MODELYARD_MAX_FILE_SIZE)",
+    416: "the Range cannot be satisfied",
+    422: "the request does not validate",
+    502: "the fileset's storage failed; nothing was stored",
+    503: "the database (or the endpoint's engine) is unavailable for now; see Retry-After",
+}
+
+
+def _statuses(path: str, method: str, operation: dict[str, Any]) -> set[int]:
+    """What an operation can answer besides success: every route meets the request boundary (400;
+    413 with a body) and database outages (503); a path, query or header parameter can name nothing
+    (404) or fail validation (422); a change can conflict (409); files add storage (502) and ranges."""
+    if path == "/health":
+        return {503}
+    statuses = {400, 503}
+    if "requestBody" in operation or method in ("post", "put", "patch"):
+        statuses |= {413, 422}
+    if operation.get("parameters"):
+        statuses |= {404, 422}
+    if method in ("post", "put", "patch", "delete"):
+        statuses |= {404, 409}
+    if "/filesets" in path:
+        statuses |= {404, 502}
+        if "/-/" in path and method in ("get", "head"):
+            statuses.add(416)
+    if "/models" in path and method in ("post", "patch"):
+        statuses.add(403)
+    return statuses
+
+
+def declare_error_responses(app: FastAPI) -> None:
+    """List in the OpenAPI every error status each operation can answer, with the body shape of its
+    route family (``{"detail"}`` on the reference's routes, OpenAI's ``{"error"}`` on ``/v1`` and the
+    gateway prefix, where validation errors are that shape too). Statuses a route declares itself,
+    with a more precise description, are kept."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = generate()
+        schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+        schemas["Detail"], schemas["OpenAIError"] = _DETAIL_SCHEMA, _OPENAI_ERROR_SCHEMA
+        for path, operations in schema.get("paths", {}).items():
+            openai = _openai_surface(path)
+            ref = {"$ref": "#/components/schemas/" + ("OpenAIError" if openai else "Detail")}
+            for method, operation in operations.items():
+                responses = operation.setdefault("responses", {})
+                for status in sorted(_statuses(path, method, operation)):
+                    if status == 422 and openai:  # FastAPI's own 422 body is not what these routes send
+                        responses["422"] = {"description": _WHY[422], "content": {"application/json": {"schema": ref}}}
+                    elif str(status) not in responses:
+                        responses[str(status)] = {"description": _WHY[status],
+                                                  "content": {"application/json": {"schema": ref}}}
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
