@@ -17,6 +17,9 @@ from modelyard.config import Settings
 schemathesis = pytest.importorskip("schemathesis")
 hypothesis = pytest.importorskip("hypothesis")
 
+from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance
+
+CONFORMANCE = [response_schema_conformance, content_type_conformance]
 EXAMPLES = int(os.environ.get("MODELYARD_FUZZ_EXAMPLES", "20"))
 
 
@@ -25,6 +28,7 @@ def test_no_server_errors(tmp_path: Path) -> None:
                               supervisor_interval=60.0, engine_start_timeout=5.0))
     failures: list[str] = []
     undeclared: list[str] = []  # a status the operation's OpenAPI does not list
+    violations: list[str] = []  # a response body its declared schema does not describe
     with TestClient(app):  # the lifespan: a migrated database, the supervisor
         schema = schemathesis.openapi.from_asgi("/openapi.json", app)
         operations = [result.ok() for result in schema.get_all_operations()]
@@ -47,7 +51,12 @@ def test_no_server_errors(tmp_path: Path) -> None:
                 if response.status_code >= 500 and response.status_code != 503:
                     failures.append(f"{case.method} {case.formatted_path} -> {response.status_code}: "  # type: ignore[attr-defined]
                                     f"{response.text[:300]}")
-                elif str(response.status_code) not in declared:  # noqa: B023 - run() is called in this loop turn
+                try:  # the body matches the schema declared for its status
+                    case.validate_response(response, checks=CONFORMANCE)  # type: ignore[attr-defined]
+                except (Exception, BaseExceptionGroup) as exc:  # noqa: BLE001 - schemathesis' FailureGroup
+                    violations.append(f"{case.method} {case.formatted_path} -> {response.status_code}: "  # type: ignore[attr-defined]
+                                      f"{str(exc)[:300]}")
+                if str(response.status_code) not in declared:  # noqa: B023 - run() is called in this loop turn
                     undeclared.append(f"{operation.method.upper()} {operation.path} -> "  # noqa: B023
                                       f"{response.status_code} (declared {sorted(declared)}): "  # noqa: B023
                                       f"{response.text[:200]}")
@@ -55,3 +64,4 @@ def test_no_server_errors(tmp_path: Path) -> None:
             run()
     assert not failures, "\n".join(dict.fromkeys(failures))
     assert not undeclared, "\n".join(dict.fromkeys(undeclared))
+    assert not violations, "\n".join(dict.fromkeys(violations))
