@@ -87,6 +87,9 @@ def _list_params(
     return params
 
 
+_SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+
+
 class Modelyard:
     """Client for a Modelyard server. Pass ``http_client`` to reuse a pool or to talk to an app in-process."""
 
@@ -96,9 +99,11 @@ class Modelyard:
         *,
         http_client: httpx.Client | None = None,
         timeout: float = 30.0,
+        max_retries: int = 2,
     ) -> None:
         self.base_url = (base_url or os.environ.get("MODELYARD_URL") or DEFAULT_BASE_URL).rstrip("/")
         self._http = http_client or httpx.Client(timeout=timeout)
+        self.max_retries = max_retries
         self.workspaces = Workspaces(self)
         self.models = Models(self)
         self.adapters = Adapters(self)
@@ -107,11 +112,24 @@ class Modelyard:
         self.chat = Chat(self)
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """Send a request; raise the error class of the status for 4xx/5xx."""
-        try:
-            response = self._http.request(method, self.base_url + path, **kwargs)
-        except httpx.TransportError as exc:
-            raise APIConnectionError(f"cannot reach {self.base_url}: {exc}") from exc
+        """Send a request; raise the error class of the status for 4xx/5xx.
+
+        A read-only request (GET, HEAD, OPTIONS) whose connection fails (refused, reset, or closed by
+        the server without an answer, as when a kept-alive connection is reused just as the server
+        closes it) is sent again up to ``max_retries`` times, as the OpenAI SDK does. Timeouts are
+        not retried, and neither is anything that may have changed state."""
+        attempt = 0
+        while True:
+            try:
+                response = self._http.request(method, self.base_url + path, **kwargs)
+                break
+            except httpx.TimeoutException as exc:
+                raise APIConnectionError(f"cannot reach {self.base_url}: {exc}") from exc
+            except httpx.TransportError as exc:
+                if method.upper() not in _SAFE_METHODS or attempt >= self.max_retries:
+                    raise APIConnectionError(f"cannot reach {self.base_url}: {exc}") from exc
+                attempt += 1
+                time.sleep(0.2 * 2 ** (attempt - 1))
         if response.status_code >= 400:
             raise error_for(response)
         return response
