@@ -51,7 +51,11 @@ async def _hammer_one_path(url: str) -> list[str]:
     """ROUNDS rounds of WRITERS concurrent PUTs of one path; after each, the listed sha256 and size must
     be those of the bytes served, and those bytes one of the round's bodies, whole. Returns the problems."""
     problems: list[str] = []
-    async with httpx.AsyncClient(base_url=url, timeout=120) as http:
+    # a fresh connection per request: a kept-alive one that the server closes just as it is reused
+    # (its keep-alive timeout, on a loaded machine) fails a PUT with ReadError, which says nothing
+    # about what this test checks (a PUT is not resent, so the client cannot paper over it either)
+    fresh = httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=fresh) as http:
         (await http.post(FILES, json={"name": "hammered"})).raise_for_status()
         for round_ in range(ROUNDS):
             bodies = [os.urandom(20_000 + 7_919 * i + round_) for i in range(WRITERS)]
