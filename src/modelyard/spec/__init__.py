@@ -20,12 +20,13 @@ batch 1, LoRA rank 32 on every linear layer.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import re
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -219,19 +220,27 @@ def _bytes_per_param(precision: str) -> float:
     return {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2}.get(precision, 1 if "8" in precision else 2)
 
 
+@contextlib.contextmanager
+def _read_errors_as_spec_errors(kind: str) -> Iterator[None]:
+    """Whatever malformed files make the readers raise becomes one :class:`SpecError` naming ``kind``."""
+    article = "an" if kind[0] in "aeiou" else "a"
+    try:
+        yield
+    except SpecError:
+        raise
+    except UnicodeDecodeError:
+        raise SpecError(f"{article} {kind} file is not valid UTF-8") from None
+    except _READ_ERRORS as exc:
+        raise SpecError(f"the {kind} files could not be read ({type(exc).__name__})") from None
+
+
 def inspect_checkpoint(files: Files, name: str) -> dict[str, Any]:
     """The ``ModelSpec`` fields this checkpoint determines. :class:`SpecError` if it cannot be read,
     whatever is wrong with the files (malformed JSON, wrong types, absurd sizes, a broken safetensors
     header); a fileset without ``config.json`` raises too (the caller logs it and leaves ``spec``
     empty). Errors of the storage itself are not caught here."""
-    try:
+    with _read_errors_as_spec_errors("checkpoint"):
         return _without_nul(_inspect_checkpoint(files, name))
-    except SpecError:
-        raise
-    except UnicodeDecodeError:
-        raise SpecError("a checkpoint file is not valid UTF-8") from None
-    except _READ_ERRORS as exc:
-        raise SpecError(f"the checkpoint files could not be read ({type(exc).__name__})") from None
 
 
 def _inspect_checkpoint(files: Files, name: str) -> dict[str, Any]:
@@ -342,14 +351,8 @@ class AdapterFacts:
 def inspect_adapter(files: Files) -> AdapterFacts | None:
     """A PEFT adapter's facts, or None when the fileset has no ``adapter_config.json``;
     :class:`SpecError` when its files are malformed."""
-    try:
+    with _read_errors_as_spec_errors("adapter"):
         return _inspect_adapter(files)
-    except SpecError:
-        raise
-    except UnicodeDecodeError:
-        raise SpecError("an adapter file is not valid UTF-8") from None
-    except _READ_ERRORS as exc:
-        raise SpecError(f"the adapter files could not be read ({type(exc).__name__})") from None
 
 
 def _inspect_adapter(files: Files) -> AdapterFacts | None:
