@@ -8,7 +8,7 @@ change needed to scale the registry out.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -76,10 +76,46 @@ class Settings(BaseSettings):
     sweep_interval: float = 600.0
     """Seconds between the sweeper's passes over the blob areas (it also runs when the server starts)."""
 
+    auth: Literal["on", "off"] = "on"
+    """``off`` is the reference's local mode: no tokens, every caller may do everything (refused on a
+    non-loopback bind unless ``allow_insecure``)."""
+
+    allow_insecure: bool = False
+    """Let a server with ``auth=off`` listen on an address other people can reach."""
+
+    secret_key: str | None = None
+    """Fernet keys (comma-separated, the first encrypts) for secrets and signing keys at rest; unset
+    means a key generated into ``{home}/secret.key`` (mode 0600) on first start."""
+
+    oidc_issuer: str | None = None
+    """Also accept tokens from this OIDC issuer (its JWKS is fetched from its discovery document)."""
+
+    oidc_audience: str | None = None
+    """The ``aud`` an OIDC token must carry (required when ``oidc_issuer`` is set)."""
+
+    oidc_principal_claim: str = "email"
+    """The OIDC claim that names the principal."""
+
+    auth_failures_per_minute: int = 30
+    """Failed authentications one client address may make per minute before it gets 429."""
+
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """``Host`` names the server answers besides loopback names and the address it binds to
+    (comma-separated; ``*`` turns the DNS-rebinding check off)."""
+
+    s3_allowed_endpoints: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """S3 endpoint URLs a fileset may name (comma-separated); default: only ``s3_endpoint_url``."""
+
+    s3_allowed_buckets: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """S3 buckets a fileset may name (comma-separated; ``*`` allows any bucket on an allowed endpoint);
+    default: none but those already named by filesets the operator created with the default."""
+
     log_level: str = "INFO"
     log_json: bool = True
 
-    @field_validator("trusted_fileset_workspaces", mode="before")
+    @field_validator(
+        "trusted_fileset_workspaces", "allowed_hosts", "s3_allowed_endpoints", "s3_allowed_buckets", mode="before"
+    )
     @classmethod
     def _split_csv(cls, value: object) -> object:
         if isinstance(value, str):

@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -32,6 +33,8 @@ class Workspace(Base):
 
     name: Mapped[str] = mapped_column(String(63), primary_key=True)
     description: Mapped[str | None] = mapped_column(Text)
+    created_by: Mapped[str | None] = mapped_column(String(255))
+    updated_by: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
     updated_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
 
@@ -195,3 +198,107 @@ class BlobArea(Base):
     key: Mapped[str] = mapped_column(String(1024), primary_key=True)
     storage: Mapped[dict[str, Any]] = mapped_column(JsonType, nullable=False)
     created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+
+
+# --- identity and access (see modelyard.auth) -------------------------------------------------------
+
+
+class AuthGeneration(Base):
+    """One row (``id = 1``) whose ``value`` grows with every change to keys or role bindings, in the
+    same transaction: a server process compares it with what it last loaded (one primary-key read per
+    request) instead of querying keys and bindings each time."""
+
+    __tablename__ = "auth_generation"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
+class SigningKey(Base):
+    """A key pair that signs access keys. ``private_key`` is PEM encrypted with the server's keyring;
+    ``public_jwk`` is published at ``/apis/auth/jwks``."""
+
+    __tablename__ = "signing_keys"
+
+    kid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    algorithm: Mapped[str] = mapped_column(String(16), nullable=False)
+    private_key: Mapped[str] = mapped_column(Text, nullable=False)
+    public_jwk: Mapped[dict[str, Any]] = mapped_column(JsonType, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+
+
+class AccessKey(Base):
+    """An access key's metadata; the token itself is never stored (it is a JWT whose ``jti`` is this row)."""
+
+    __tablename__ = "access_keys"
+    __table_args__ = (Index("ix_access_keys_principal", "principal"),)
+
+    jti: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(128))
+    description: Mapped[str | None] = mapped_column(Text)
+    principal: Mapped[str] = mapped_column(String(255), nullable=False)
+    entity_type: Mapped[str] = mapped_column(String(16), nullable=False)
+    default_workspace: Mapped[str | None] = mapped_column(String(63))
+    scopes: Mapped[list[str] | None] = mapped_column(JsonType)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)  # ACTIVE | SUSPENDED | REVOKED
+    issuer: Mapped[str] = mapped_column(String(255), nullable=False)
+    audiences: Mapped[list[str]] = mapped_column(JsonType, nullable=False)
+    created_by: Mapped[str] = mapped_column(String(255), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class RoleBinding(Base):
+    """``principal`` (or ``*``: every authenticated principal) has ``role`` in ``workspace`` (``None``:
+    platform-wide, for PlatformAdmin). Revoking sets ``revoked_at``; one active binding per triple."""
+
+    __tablename__ = "role_bindings"
+    __table_args__ = (
+        Index("ix_role_bindings_workspace", "workspace"),
+        Index("uq_role_bindings_active", "principal", "workspace", "role", unique=True,
+              sqlite_where=text("revoked_at IS NULL"), postgresql_where=text("revoked_at IS NULL")),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    principal: Mapped[str] = mapped_column(String(255), nullable=False)
+    workspace: Mapped[str | None] = mapped_column(String(63))
+    role: Mapped[str] = mapped_column(String(32), nullable=False)
+    granted_by: Mapped[str] = mapped_column(String(255), nullable=False)
+    granted_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class Secret(Base):
+    """A workspace secret; ``ciphertext`` is the value encrypted with the server's keyring."""
+
+    __tablename__ = "secrets"
+
+    workspace: Mapped[str] = mapped_column(
+        String(63), ForeignKey("workspaces.name", ondelete="RESTRICT"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    description: Mapped[str | None] = mapped_column(Text)
+    ciphertext: Mapped[str] = mapped_column(Text, nullable=False)
+    created_by: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+
+
+class AuditEvent(Base):
+    """One change attempted through the API: who, what, on what, when, and how it ended."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_events_at", "at"), Index("ix_audit_events_workspace", "workspace"))
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+    principal: Mapped[str] = mapped_column(String(255), nullable=False)
+    action: Mapped[str] = mapped_column(String(64), nullable=False)
+    method: Mapped[str] = mapped_column(String(8), nullable=False)
+    path: Mapped[str] = mapped_column(String(1024), nullable=False)
+    workspace: Mapped[str | None] = mapped_column(String(63))
+    target: Mapped[str | None] = mapped_column(String(1024))
+    status: Mapped[int] = mapped_column(Integer, nullable=False)
+    outcome: Mapped[str] = mapped_column(String(16), nullable=False)  # success | denied | failed
+    request_id: Mapped[str | None] = mapped_column(String(64))
