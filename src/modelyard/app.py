@@ -24,6 +24,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelyard import __version__
 from modelyard.adapters.router import router as adapters_router
+from modelyard.audit.router import router as audit_router
+from modelyard.auth.crypto import Keyring
+from modelyard.auth.router import router as auth_router
 from modelyard.boundary import RequestBoundary
 from modelyard.config import Settings
 from modelyard.db.engine import Database, unavailable
@@ -35,6 +38,7 @@ from modelyard.gateway.router import PREFIX as GATEWAY_PREFIX
 from modelyard.gateway.router import router as gateway_router
 from modelyard.methods import HttpMethods
 from modelyard.models.router import router as models_router
+from modelyard.secrets.router import router as secrets_router
 from modelyard.workspaces.router import router as workspaces_router
 
 log = logging.getLogger("modelyard")
@@ -151,6 +155,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         db = Database(settings.resolved_database_url)
         db.migrate()
         app.state.db = db
+        app.state.keyring = Keyring.load(settings.secret_key, settings.home)
         log.info("database ready", extra={"database": db.backend})
         supervisor = Supervisor(db, settings)
         app.state.supervisor = supervisor
@@ -170,7 +175,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     for router in (
-        workspaces_router, models_router, adapters_router, filesets_router, endpoints_router, gateway_router
+        workspaces_router, models_router, adapters_router, filesets_router, endpoints_router, gateway_router,
+        auth_router, secrets_router, audit_router,
     ):
         app.include_router(router)
 
