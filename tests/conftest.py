@@ -27,6 +27,8 @@ from modelyard.client import Modelyard
 from modelyard.config import Settings
 from modelyard.db.engine import Database
 
+os.environ.setdefault("MODELYARD_ALLOWED_HOSTS", "testserver")  # the Host of Starlette's TestClient
+
 PG_ADMIN_URL = os.environ.get("MODELYARD_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 TRUSTED = ["trusted"]
@@ -80,7 +82,13 @@ def _reset(url: str) -> None:
         session.execute(sa.text("DELETE FROM models"))
         session.execute(sa.text("DELETE FROM fileset_files"))
         session.execute(sa.text("DELETE FROM filesets"))
+        session.execute(sa.text("DELETE FROM secrets"))
         session.execute(sa.text("DELETE FROM workspaces WHERE name NOT IN ('default', 'system')"))
+        # each test's server has its own home, so its own keyring: keys signed under another are unreadable
+        session.execute(sa.text("DELETE FROM access_keys"))
+        session.execute(sa.text("DELETE FROM signing_keys"))
+        session.execute(sa.text("DELETE FROM role_bindings WHERE NOT (principal = '*' AND workspace IN ('default', 'system'))"))
+        session.execute(sa.text("UPDATE auth_generation SET value = value + 1"))
     db.dispose()
 
 
@@ -99,7 +107,15 @@ def app(settings: Settings) -> FastAPI:
 def client(app: FastAPI) -> Iterator[Modelyard]:
     """The SDK wired to the app in-process: client and server are tested together."""
     with TestClient(app) as http:
+        http.headers["Authorization"] = f"Bearer {admin_key(app.state.settings)}"
         yield Modelyard("http://testserver", http_client=http)
+
+
+def admin_key(settings: Settings) -> str:
+    """The PlatformAdmin key the server wrote to ``{home}/credentials`` on its first start."""
+    from modelyard.client.credentials import read_credentials
+
+    return read_credentials(settings.home)["default"]["api_key"]
 
 
 def free_port() -> int:

@@ -25,7 +25,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from modelyard import __version__
 from modelyard.adapters.router import router as adapters_router
 from modelyard.audit.router import router as audit_router
+from modelyard.auth.authority import BOOTSTRAP_PRINCIPAL, Authority
 from modelyard.auth.crypto import Keyring
+from modelyard.auth.middleware import Authenticate
 from modelyard.auth.router import router as auth_router
 from modelyard.boundary import RequestBoundary
 from modelyard.config import Settings
@@ -147,6 +149,31 @@ def _safe_error(error: dict[str, Any]) -> dict[str, Any]:
     return error
 
 
+def _authority(settings: Settings, db: Database, keyring: Keyring) -> Authority:
+    """The app's authority; on a database with no PlatformAdmin yet, one is made and its key written to
+    ``{home}/credentials`` (mode 0600), where the CLI and the SDK find it. The key is never logged."""
+    oidc = None
+    if settings.oidc_issuer:
+        from modelyard.auth.oidc import OidcVerifier
+
+        if not settings.oidc_audience:
+            raise ValueError("MODELYARD_OIDC_AUDIENCE must be set with MODELYARD_OIDC_ISSUER")
+        oidc = OidcVerifier(settings.oidc_issuer, settings.oidc_audience, settings.oidc_principal_claim)
+    authority = Authority(db, keyring, enabled=settings.auth == "on", oidc=oidc)
+    authority.load_signing_keys()
+    if authority.enabled:
+        token = authority.bootstrap()
+        if token is not None:
+            from modelyard.client.credentials import save_default
+
+            path = save_default(settings.home, token, BOOTSTRAP_PRINCIPAL)
+            log.info("created the PlatformAdmin access key", extra={"principal": BOOTSTRAP_PRINCIPAL,
+                                                                    "credentials": str(path)})
+    else:
+        log.warning("authentication is off (MODELYARD_AUTH=off): every caller may do everything")
+    return authority
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
 
@@ -156,6 +183,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         db.migrate()
         app.state.db = db
         app.state.keyring = Keyring.load(settings.secret_key, settings.home)
+        app.state.authority = _authority(settings, db, app.state.keyring)
         log.info("database ready", extra={"database": db.backend})
         supervisor = Supervisor(db, settings)
         app.state.supervisor = supervisor
@@ -245,6 +273,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     declare_error_responses(app)
     app.add_middleware(HttpMethods, routes=app.router.routes)
+    app.add_middleware(
+        Authenticate, authority=lambda: app.state.authority, allowed_hosts=settings.allowed_hosts,
+        failures_per_minute=settings.auth_failures_per_minute, openai_surface=_openai_surface,
+    )
     app.add_middleware(AccessLog)
     return app
 

@@ -12,8 +12,8 @@ from modelyard.auth.principal import Access
 
 def current_access(request: Request) -> Access:
     access = getattr(request.state, "access", None)
-    if access is None:  # TEMPORARY until the middleware lands: local mode
-        return Access.local()
+    if access is None:  # the middleware always sets it; a route reached without it is a wiring bug
+        raise RuntimeError("no Access on the request: is modelyard.auth.middleware installed?")
     return access
 
 

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response
 
+from modelyard.auth.deps import AccessDep
 from modelyard.db.session import SessionDep
 from modelyard.listing import ListQuery, Page, query_dependency
 from modelyard.workspaces import service, store
@@ -16,13 +17,13 @@ Query = Annotated[ListQuery, Depends(query_dependency(store.FILTERS))]
 
 
 @router.get("", response_model=Page[Workspace])
-def list_workspaces(session: SessionDep, query: Query) -> Page[Workspace]:
-    return service.list_(session, query)
+def list_workspaces(session: SessionDep, access: AccessDep, query: Query) -> Page[Workspace]:
+    return service.list_(session, access, query)
 
 
 @router.post("", status_code=201, response_model=Workspace)
-def create_workspace(body: CreateWorkspaceRequest, session: SessionDep) -> Workspace:
-    return service.create(session, body)
+def create_workspace(body: CreateWorkspaceRequest, session: SessionDep, access: AccessDep) -> Workspace:
+    return service.create(session, access, body)
 
 
 @router.get("/{name}", response_model=Workspace)

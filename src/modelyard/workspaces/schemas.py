@@ -67,5 +67,8 @@ class CreateWorkspaceRequest(RequestModel):
 class Workspace(WireModel):
     name: str
     description: str | None = None
+    created_by: str = ""
+    """The principal that created it (empty for the built-in ones and when auth is off)."""
+    updated_by: str = ""
     created_at: datetime
     updated_at: datetime

@@ -6,7 +6,7 @@ from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
 from modelyard.db.engine import insert_unique
-from modelyard.db.tables import Adapter, Endpoint, Fileset, Model, Workspace
+from modelyard.db.tables import Adapter, Endpoint, Fileset, Model, Secret, Workspace
 from modelyard.errors import NotFound
 from modelyard.listing import FilterField, ListQuery, Pagination, run_list_query
 
@@ -37,15 +37,17 @@ def add(session: Session, row: Workspace) -> Workspace:
     return row
 
 
-def list_(session: Session, query: ListQuery) -> tuple[list[Workspace], Pagination]:
-    return run_list_query(session, select(Workspace), query, SORTS, Workspace.name)
+def list_(session: Session, query: ListQuery, only: frozenset[str] | None = None) -> tuple[list[Workspace], Pagination]:
+    """``only``: the workspaces to consider (``None``: all)."""
+    stmt = select(Workspace) if only is None else select(Workspace).where(Workspace.name.in_(sorted(only)))
+    return run_list_query(session, stmt, query, SORTS, Workspace.name)
 
 
 def holds_entities(session: Session, name: str) -> bool:
-    """Whether anything still lives in the workspace: models, adapters, filesets or endpoints."""
+    """Whether anything still lives in the workspace: models, adapters, filesets, endpoints or secrets."""
     return any(
         session.scalar(select(exists().where(table.workspace == name)))
-        for table in (Model, Adapter, Fileset, Endpoint)
+        for table in (Model, Adapter, Fileset, Endpoint, Secret)
     )
 
 

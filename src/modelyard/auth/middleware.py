@@ -1,0 +1,161 @@
+"""Every request passes here before any route: the ``Host`` check (DNS rebinding), the failed-login
+rate limit, authentication (:class:`~modelyard.auth.authority.Authority`) and the route table's
+scope and role requirement (:mod:`modelyard.auth.policy`). What passes reaches the app with
+``request.state.access`` (the caller's :class:`~modelyard.auth.principal.Access`) and
+``request.state.workspace`` (the workspace ``/v1`` routes act in: ``X-Modelyard-Workspace``, else the
+key's default workspace, else ``default``).
+
+A pure ASGI middleware: refusals are answered here in the route family's error shape, and nothing of
+the request body is read before the caller is known.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+
+import anyio
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from modelyard.auth.authority import Authority
+from modelyard.auth.errors import AuthError
+from modelyard.auth.policy import PUBLIC, requirement
+from modelyard.errors import ServiceError
+
+log = logging.getLogger("modelyard.auth")
+
+WORKSPACE_HEADER = b"x-modelyard-workspace"
+
+
+class FailureLimiter:
+    """At most ``per_minute`` failed authentications per client address in any minute."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self._failures: dict[str, deque[float]] = {}
+
+    def retry_after(self, client: str) -> int | None:
+        times = self._failures.get(client)
+        if not times:
+            return None
+        now = time.monotonic()
+        while times and now - times[0] > 60:
+            times.popleft()
+        if not times:
+            del self._failures[client]
+            return None
+        return int(60 - (now - times[0])) + 1 if len(times) >= self.per_minute else None
+
+    def failed(self, client: str) -> None:
+        if len(self._failures) > 100_000:  # bounded memory under a spray of addresses
+            self._failures.clear()
+        self._failures.setdefault(client, deque()).append(time.monotonic())
+
+
+def _host_allowed(host: str, allowed: frozenset[str]) -> bool:
+    if "*" in allowed:
+        return True
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    name = name.strip("[]").lower()
+    if name in allowed or name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        ipaddress.ip_address(name)  # an address is never a rebinding: only names can be re-pointed
+        return True
+    except ValueError:
+        return False
+
+
+class Authenticate:
+    def __init__(self, app: ASGIApp, *, authority: Callable[[], Authority], allowed_hosts: list[str],
+                 failures_per_minute: int, openai_surface: Callable[[str], bool]) -> None:
+        self.app = app
+        self.authority = authority
+        hostname = socket.gethostname().lower()
+        self.allowed_hosts = frozenset({h.lower() for h in allowed_hosts} | {hostname, socket.getfqdn().lower()})
+        self.limiter = FailureLimiter(failures_per_minute)
+        self.openai_surface = openai_surface
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        headers = dict(scope.get("headers") or [])
+        host = headers.get(b"host", b"").decode("latin-1")
+        if host and not _host_allowed(host, self.allowed_hosts):
+            await self._reject(scope, send, 400, f"Host '{host[:100]}' is not served here; add it to "
+                               "MODELYARD_ALLOWED_HOSTS if this server should answer to that name", "bad_host")
+            return
+        if path in PUBLIC:
+            await self.app(scope, receive, send)
+            return
+        authority = self.authority()
+        client = (scope.get("client") or ("unknown", 0))[0]
+        if authority.enabled:
+            wait = self.limiter.retry_after(client)
+            if wait is not None:
+                await self._reject(scope, send, 429, "too many failed authentications from this address; retry "
+                                   f"in {wait} s", "rate_limited", {"Retry-After": str(wait)})
+                return
+        token = _token(headers)
+        try:
+            access = (await anyio.to_thread.run_sync(authority.authenticate, token) if authority.enabled
+                      else authority.authenticate(token))
+        except AuthError as exc:
+            self.limiter.failed(client)
+            await self._reject(scope, send, 401, f"Unauthorized: {exc.reason}", "unauthorized",
+                               {"WWW-Authenticate": 'Bearer realm="modelyard", error="invalid_token"'})
+            return
+        except SQLAlchemyError:
+            await self._reject(scope, send, 503, "the database is not reachable right now; retry shortly",
+                               "database_unavailable", {"Retry-After": "5"})
+            return
+        header_ws = headers.get(WORKSPACE_HEADER)
+        workspace = (header_ws.decode("latin-1") if header_ws else None) or access.principal.default_workspace \
+            or "default"
+        need = requirement(scope["method"], path, workspace)
+        try:
+            if need.group is not None:
+                access.require_scope(need.group, need.write)
+            if need.role is not None and need.workspace is not None:
+                access.require(need.workspace, need.role, need.action)
+        except ServiceError as exc:
+            await self._reject(scope, send, exc.status_code, exc.message, exc.code)
+            return
+        state = scope.setdefault("state", {})
+        state["access"] = access
+        state["workspace"] = workspace
+        await self.app(scope, receive, send)
+
+    async def _reject(self, scope: Scope, send: Send, status: int, message: str, code: str,
+                      headers: dict[str, str] | None = None) -> None:
+        if self.openai_surface(scope["path"]):
+            kind = {401: "authentication_error", 403: "permission_error", 404: "invalid_request_error",
+                    429: "rate_limit_error"}.get(status, "invalid_request_error")
+            body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+        else:
+            body = {"detail": message}
+        data = json.dumps(body).encode()
+        raw = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+        raw += [(k.lower().encode(), v.encode("latin-1")) for k, v in (headers or {}).items()]
+        await send({"type": "http.response.start", "status": status, "headers": raw})
+        await send({"type": "http.response.body", "body": data})
+
+
+def _token(headers: dict[bytes, bytes]) -> str | None:
+    """The bearer token of ``Authorization``, or ``X-Api-Key`` (what Anthropic's SDK sends)."""
+    value = headers.get(b"authorization")
+    if value:
+        scheme, _, token = value.decode("latin-1").partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+        return None
+    key = headers.get(b"x-api-key")
+    return key.decode("latin-1").strip() if key else None
