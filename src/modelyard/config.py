@@ -104,11 +104,16 @@ class Settings(BaseSettings):
     (comma-separated; ``*`` turns the DNS-rebinding check off)."""
 
     s3_allowed_endpoints: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    """S3 endpoint URLs a fileset may name (comma-separated); default: only ``s3_endpoint_url``."""
+    """S3 endpoint URLs a fileset's ``endpoint_url`` may name (comma-separated), besides ``s3_endpoint_url``
+    (always allowed; a fileset naming no endpoint uses it); unset: only ``s3_endpoint_url``. Compared
+    as normalised URLs (scheme, lowercase host, port with 80/443 filled in, no trailing slash); URLs
+    with ``user@``, a query or another scheme than http(s) are refused. Anything else is 400 at create."""
 
     s3_allowed_buckets: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    """S3 buckets a fileset may name (comma-separated; ``*`` allows any bucket on an allowed endpoint);
-    default: none but those already named by filesets the operator created with the default."""
+    """S3 buckets a fileset may name, on any allowed endpoint (comma-separated; ``*``: any bucket).
+    Unset: any bucket on the configured endpoint (``s3_endpoint_url``, or AWS's own when that is unset),
+    none on the other endpoints of ``s3_allowed_endpoints``. Set it to keep filesets off the other
+    buckets the server's credentials can reach."""
 
     log_level: str = "INFO"
     log_json: bool = True
