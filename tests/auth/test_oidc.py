@@ -124,8 +124,9 @@ def reason(verifier: OidcVerifier, token: str) -> str:
 
 
 def test_good_token(issuer: FakeIssuer, verifier: OidcVerifier) -> None:
-    identity = verifier.verify(issuer.token(scope="openid models:read files:write profile"))
-    assert identity == OidcIdentity("alice@example.com", frozenset({"models:read", "files:write"}))
+    exp = int(time.time()) + 120
+    identity = verifier.verify(issuer.token(scope="openid models:read files:write profile", exp=exp))
+    assert identity == OidcIdentity("alice@example.com", frozenset({"models:read", "files:write"}), exp)
     assert verifier.owns(issuer.token())
     assert verifier.verify(issuer.token()).scopes is None  # no scope claim: not narrowed
     assert verifier.verify(issuer.token(scope="openid email")).scopes is None
@@ -272,3 +273,37 @@ def test_issuer_answers_garbage(clock: Clock) -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_end_to_end_through_the_app(issuer: FakeIssuer, database_url: str, tmp_path: Any) -> None:
+    """An OIDC token reaches the registry as its principal: it sees the workspaces it is a member of."""
+    from fastapi.testclient import TestClient
+
+    from modelyard.app import create_app
+    from modelyard.config import Settings
+    from tests.conftest import _reset, admin_key
+
+    _reset(database_url)
+    settings = Settings(home=tmp_path / "home", database_url=database_url, oidc_issuer=issuer.url,
+                        oidc_audience=AUDIENCE)
+    with TestClient(create_app(settings)) as http:
+        admin = {"Authorization": f"Bearer {admin_key(settings)}"}
+        for name in ("alices", "others"):
+            assert http.post("/apis/entities/v2/workspaces", json={"name": name}, headers=admin).status_code == 201
+        member = {"principal": "alice@example.com", "roles": ["Editor"]}
+        added = http.post("/apis/entities/v2/workspaces/alices/members", json=member, headers=admin)
+        assert added.status_code == 201, added.text
+
+        alice = {"Authorization": f"Bearer {issuer.token()}"}
+        listed = http.get("/apis/entities/v2/workspaces", headers=alice)
+        assert listed.status_code == 200, listed.text
+        names = {w["name"] for w in listed.json()["data"]}
+        assert "alices" in names and "others" not in names
+        assert http.get("/apis/entities/v2/workspaces/others", headers=alice).status_code == 404
+
+        expired = http.get("/apis/entities/v2/workspaces",
+                           headers={"Authorization": f"Bearer {issuer.token(exp=int(time.time()) - 120)}"})
+        assert expired.status_code == 401 and "token expired" in expired.json()["detail"]
+        foreign = http.get("/apis/entities/v2/workspaces",
+                           headers={"Authorization": f"Bearer {issuer.token(aud='elsewhere')}"})
+        assert foreign.status_code == 401 and "audience" in foreign.json()["detail"]

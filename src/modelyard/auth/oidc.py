@@ -51,6 +51,8 @@ class OidcIdentity:
     """The value of the principal claim (``email`` by default)."""
     scopes: frozenset[str] | None = None
     """The token's ``scope``/``scp`` entries that look like ``group:mode``; ``None``: not narrowed."""
+    expires: float | None = None
+    """The token's ``exp`` (seconds since the epoch): a cache of verified tokens must drop it then."""
 
 
 def _scopes(claims: Mapping[str, Any]) -> frozenset[str] | None:
@@ -134,7 +136,9 @@ class OidcVerifier:
             raise AuthError("token is malformed") from None
         except jwt.PyJWTError as exc:  # a key of the wrong type for the algorithm, a bad claim type, ...
             raise AuthError(f"token is invalid: {str(exc)[:200]}") from None
-        return OidcIdentity(self._principal(claims), _scopes(claims))
+        expires = claims.get("exp")
+        return OidcIdentity(self._principal(claims), _scopes(claims),
+                            float(expires) if isinstance(expires, (int, float)) else None)
 
     def _principal(self, claims: Mapping[str, Any]) -> str:
         claim = self.principal_claim
