@@ -78,6 +78,7 @@ def make_engine(url: str) -> Engine:
             connect_args={"timeout": 30, "check_same_thread": False},
             pool_size=MAX_SESSIONS,
             max_overflow=4,
+            hide_parameters=True,
         )
 
         @event.listens_for(engine, "connect")
@@ -97,7 +98,7 @@ def make_engine(url: str) -> Engine:
         return engine
     connect_args = {"connect_timeout": CONNECT_TIMEOUT_S} if parsed.get_backend_name() == "postgresql" else {}
     return create_engine(url, pool_size=MAX_SESSIONS, max_overflow=4, pool_pre_ping=True,
-                         pool_timeout=POOL_TIMEOUT_S, connect_args=connect_args)
+                         pool_timeout=POOL_TIMEOUT_S, connect_args=connect_args, hide_parameters=True)
 
 
 class Database:
