@@ -22,6 +22,7 @@ from rich.text import Text
 
 from modelyard.client import ConflictError, Modelyard, NotFoundError
 from modelyard.client.client import upload_dir
+from modelyard.client.credentials import credentials_path, load_api_key
 from modelyard.config import Settings
 
 ADAPTERS = ("pirate", "chef", "space")
@@ -111,7 +112,7 @@ def run_demo(host: str, port: int, console: Console) -> None:
     server, done = _start_server(settings, host, port, console)
     try:
         console.print(f"Server up on {url}")
-        _walk_through(url, built, console)
+        _walk_through(url, built, console, settings)
         while not done.wait(0.5):
             pass
     except (KeyboardInterrupt, _Stop):
@@ -122,8 +123,10 @@ def run_demo(host: str, port: int, console: Console) -> None:
         done.wait(60)
 
 
-def _walk_through(url: str, built: dict[str, Path], console: Console) -> None:
-    client = Modelyard(url, timeout=120)
+def _walk_through(url: str, built: dict[str, Path], console: Console, settings: Settings) -> None:
+    # the key the server just started wrote into its MODELYARD_HOME (its first PlatformAdmin key), or one
+    # saved there for this URL by `modelyard login`; ahead of MODELYARD_API_KEY, which may be another server's
+    client = Modelyard(url, api_key=load_api_key(url, home=settings.home), timeout=120)
     _register(client, built, console)
     console.print(f"Registered model default/{MODEL} and adapters {', '.join('demo-' + a for a in ADAPTERS)}")
 
@@ -167,7 +170,9 @@ def _walk_through(url: str, built: dict[str, Path], console: Console) -> None:
         f"\nThe server keeps running on [bold]{url}[/bold] (Ctrl-C stops it). Try:\n"
         f"  curl -s {url}/v1/chat/completions -H 'content-type: application/json' "
         f"-d '{{\"model\": \"demo-pirate\", \"messages\": [{{\"role\": \"user\", \"content\": \"hello\"}}]}}'\n"
-        f"  or the openai SDK with base_url=\"{url}/v1\"; API docs at {url}/docs",
+        f"  or the openai SDK with base_url=\"{url}/v1\"; API docs at {url}/docs\n"
+        f"  (with auth on, add -H \"Authorization: Bearer $KEY\": the admin key is in "
+        f"{escape(str(credentials_path(settings.home)))})",
         highlight=False, soft_wrap=True,
     )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from modelyard import __version__
-from modelyard.client import Modelyard, ModelyardError
+from modelyard.client import AuthenticationError, Modelyard, ModelyardError
 from modelyard.endpoints.schemas import Endpoint
 
 app = typer.Typer(help="Modelyard: registry and serving layer for fine-tuned models.", no_args_is_help=True)
@@ -33,6 +34,13 @@ filesets_app = typer.Typer(help="Upload, download and inspect filesets.", no_arg
 app.add_typer(filesets_app, name="filesets")
 endpoints_app = typer.Typer(help="Serve a base model and attach adapters to it at run time.", no_args_is_help=True)
 app.add_typer(endpoints_app, name="endpoints")
+keys_app = typer.Typer(help="Create, list, revoke and suspend API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+members_app = typer.Typer(help="Who holds which roles in a workspace.", no_args_is_help=True)
+app.add_typer(members_app, name="members")
+secrets_app = typer.Typer(help="Workspace secrets (values are never printed, except by `secrets get`).",
+                          no_args_is_help=True)
+app.add_typer(secrets_app, name="secrets")
 
 console = Console()
 """Everything that comes from the server or the user is printed as ``Text`` (or through ``escape``):
@@ -90,17 +98,23 @@ def demo(
 
 
 def _client(url: str | None, timeout: float = 30.0) -> Modelyard:
-    return Modelyard(url, timeout=timeout)
+    """The SDK's client; its key comes from MODELYARD_API_KEY or MODELYARD_HOME/credentials (see ``login``)."""
+    try:
+        return Modelyard(url, timeout=timeout)
+    except ModelyardError as exc:  # an unreadable credentials file
+        raise _fail(str(exc)) from None
 
 
 def _fail(message: str) -> typer.Exit:
-    console.print(Text.assemble(("error:", "red"), " ", message))
+    console.print(Text.assemble(("error:", "red"), " ", message), soft_wrap=True)  # one line, however long
     return typer.Exit(1)
 
 
 def _run(call: Any) -> Any:
     try:
         return call()
+    except AuthenticationError as exc:
+        raise _fail(f"{exc} (log in with `modelyard login`, or set MODELYARD_API_KEY)") from None
     except ModelyardError as exc:
         raise _fail(str(exc)) from None
 
@@ -606,6 +620,256 @@ def filesets_files(fileset: str, url: Url = None, as_json: AsJson = False) -> No
     workspace, name = _split_ref(fileset)
     _show(_run(lambda: _client(url).filesets.list_files(workspace, name)).data,
           [Col("path"), Col("size"), Col("sha256", whole=True)], as_json)
+
+
+@app.command()
+def login(
+    url: Url = None,
+    api_key: Annotated[str | None, typer.Option("--api-key", help="the key (asked for, hidden, when not given)")] = None,
+) -> None:
+    """Check an API key against the server and save it for that server's URL in MODELYARD_HOME/credentials."""
+    from modelyard.client.credentials import save_login
+
+    if api_key is None:
+        api_key = typer.prompt("API key", hide_input=True)
+    api_key = api_key.strip()
+    if not api_key:
+        raise _fail("no API key given")
+    client = Modelyard(url, api_key=api_key)
+    try:
+        who = client.auth.whoami()
+    except AuthenticationError as exc:
+        raise _fail(f"the server refused this key: {exc}") from None
+    except ModelyardError as exc:
+        raise _fail(str(exc)) from None
+    try:
+        path = save_login(client.base_url, api_key, who.principal)
+    except (OSError, ModelyardError) as exc:
+        raise _fail(f"the key works but could not be saved: {exc}") from None
+    console.print(Text(f"logged in to {client.base_url} as {who.principal}{_who_detail(who)} (key saved in {path})"),
+                  soft_wrap=True)
+
+
+def _who_detail(who: Any) -> str:
+    parts = ["PlatformAdmin"] if who.platform_admin else []
+    if who.scopes:
+        parts.append("scopes " + ", ".join(who.scopes))
+    if who.groups:
+        parts.append("groups " + ", ".join(who.groups))
+    return f" [{'; '.join(parts)}]" if parts else ""
+
+
+@app.command()
+def whoami(url: Url = None, as_json: AsJson = False) -> None:
+    """Show who the server takes your key to be."""
+    who = _run(lambda: _client(url).auth.whoami())
+    if as_json:
+        typer.echo(json.dumps(who.model_dump(mode="json"), indent=2))
+        return
+    console.print(Text(f"{who.principal}{_who_detail(who)}"), soft_wrap=True)
+    for field in ("email", "default_workspace", "token_kind", "jti"):
+        value = getattr(who, field)
+        if value:
+            console.print(Text(f"  {field}: {value}"), soft_wrap=True)
+
+
+KEY_COLUMNS = [Col("jti", whole=True), Col("name"), Col("principal"), Col("status"), Col("expires_at"),
+               Col("scopes", optional=True), Col("default_workspace", optional=True),
+               Col("created_at", optional=True)]
+
+
+def _key_rows(keys: list[Any]) -> list[dict[str, Any]]:
+    rows = []
+    for key in keys:
+        row = key.model_dump(mode="json", exclude={"token"})
+        row["scopes"] = ", ".join(key.scopes) if key.scopes else ""
+        rows.append(row)
+    return rows
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str | None, typer.Option(help="a name to recognise the key by")] = None,
+    description: Annotated[str | None, typer.Option(help="what the key is for")] = None,
+    workspace: Annotated[str | None, typer.Option("--workspace", "-w", help="the key's default workspace")] = None,
+    scope: Annotated[list[str] | None, typer.Option(
+        "--scope", help="narrow the key to a scope, e.g. models:read (repeatable; none: not narrowed)")] = None,
+    expires_in: Annotated[int | None, typer.Option(
+        "--expires-in", min=1, help="seconds until the key expires [default: the server's]")] = None,
+    principal: Annotated[str | None, typer.Option(help="create it for this principal (admins only)")] = None,
+    url: Url = None,
+    as_json: AsJson = False,
+) -> None:
+    """Create an API key and print its token (shown this once only)."""
+    created = _run(lambda: _client(url).access_keys.create(
+        name=name, description=description, workspace=workspace, scopes=scope or None,
+        expires_in_seconds=expires_in, principal=principal,
+    ))
+    if as_json:
+        typer.echo(json.dumps(created.model_dump(mode="json", exclude_none=True), indent=2))
+        return
+    _print_table(_key_rows([created]), KEY_COLUMNS)
+    console.print(Text("Token (it will not be shown again: store it now, e.g. `modelyard login --api-key TOKEN`):",
+                       style="yellow"), soft_wrap=True)
+    typer.echo(created.token)
+
+
+@keys_app.command("list")
+def keys_list(url: Url = None, as_json: AsJson = False) -> None:
+    """List API keys (yours; an admin sees everyone's)."""
+    keys = _run(lambda: list(_client(url).access_keys.list_all()))
+    if as_json:
+        typer.echo(json.dumps([k.model_dump(mode="json", exclude_none=True) for k in keys], indent=2))
+        return
+    _print_table(_key_rows(keys), KEY_COLUMNS)
+
+
+@keys_app.command("revoke")
+def keys_revoke(jti: str, url: Url = None) -> None:
+    """Revoke an API key for good."""
+    done = _run(lambda: _client(url).access_keys.revoke(jti))
+    console.print(Text(f"revoked {done.jti}" if done.revoked else f"{done.jti} was already revoked"))
+
+
+def _set_key_status(url: str | None, jti: str, suspend: bool) -> None:
+    keys = _client(url).access_keys
+    done = _run(lambda: keys.suspend(jti) if suspend else keys.unsuspend(jti))
+    console.print(Text(f"{done.jti} is {done.status}" + ("" if done.changed else " (unchanged)")))
+
+
+@keys_app.command("suspend")
+def keys_suspend(jti: str, url: Url = None) -> None:
+    """Suspend an API key (refused until unsuspended)."""
+    _set_key_status(url, jti, True)
+
+
+@keys_app.command("unsuspend")
+def keys_unsuspend(jti: str, url: Url = None) -> None:
+    """Let a suspended API key in again."""
+    _set_key_status(url, jti, False)
+
+
+MEMBER_COLUMNS = [Col("principal"), Col("roles"), Col("granted_by", optional=True), Col("granted_at", optional=True)]
+Roles = Annotated[list[str] | None, typer.Option("--role", help="Viewer, Editor or Admin (repeatable)")]
+
+
+def _show_members(members: list[Any], as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps([m.model_dump(mode="json", exclude_none=True) for m in members], indent=2))
+        return
+    rows = [{**m.model_dump(mode="json"), "roles": ", ".join(m.roles)} for m in members]
+    _print_table(rows, MEMBER_COLUMNS)
+
+
+@members_app.command("list")
+def members_list(workspace: str, url: Url = None, as_json: AsJson = False) -> None:
+    """List a workspace's members and their roles."""
+    _show_members(_run(lambda: _client(url).members.list(workspace)).data, as_json)
+
+
+@members_app.command("add")
+def members_add(workspace: str, principal: str, role: Roles = None, url: Url = None, as_json: AsJson = False) -> None:
+    """Give a principal roles in a workspace (Editor when no --role)."""
+    member = _run(lambda: _client(url).members.add(workspace, principal, roles=role or ["Editor"]))
+    _show_members([member], as_json)
+
+
+@members_app.command("set")
+def members_set(workspace: str, principal: str, role: Roles = None, url: Url = None, as_json: AsJson = False) -> None:
+    """Replace a principal's roles in a workspace."""
+    if not role:
+        raise typer.BadParameter("give the new roles with --role (repeatable); `members remove` takes them all away",
+                                 param_hint="--role")
+    _show_members([_run(lambda: _client(url).members.update(workspace, principal, roles=role))], as_json)
+
+
+@members_app.command("remove")
+def members_remove(workspace: str, principal: str, url: Url = None) -> None:
+    """Take all of a principal's roles in a workspace away."""
+    _run(lambda: _client(url).members.remove(workspace, principal))
+    console.print(Text(f"removed {principal} from workspace {workspace}"))
+
+
+SECRET_COLUMNS = [Col("workspace"), Col("name"), Col("description"), Col("created_at", optional=True),
+                  Col("updated_at", optional=True)]
+
+
+def _secret_value(value: str | None, from_file: str | None) -> str:
+    """From --value, --from-file (``-``: standard input; read as is, a final newline included), or a hidden prompt."""
+    if value is not None and from_file is not None:
+        raise typer.BadParameter("give --value or --from-file, not both")
+    if value is not None:
+        return value
+    if from_file is not None:
+        try:
+            return sys.stdin.read() if from_file == "-" else Path(from_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise _fail(f"cannot read {from_file}: {exc}") from None
+    return typer.prompt("Secret value", hide_input=True)
+
+
+@secrets_app.command("create")
+def secrets_create(
+    workspace: str,
+    name: str,
+    value: Annotated[str | None, typer.Option(help="the value (it stays in your shell history: prefer the prompt)")]
+    = None,
+    from_file: Annotated[str | None, typer.Option("--from-file", help="read the value from a file ('-': stdin)")]
+    = None,
+    description: Annotated[str | None, typer.Option(help="what the secret is for")] = None,
+    url: Url = None,
+    as_json: AsJson = False,
+) -> None:
+    """Create a secret; its value comes from --value, --from-file, or a hidden prompt, and is never printed."""
+    secret_value = _secret_value(value, from_file)
+    _show(_run(lambda: _client(url).secrets.create(workspace, name, value=secret_value, description=description)),
+          SECRET_COLUMNS, as_json)
+
+
+@secrets_app.command("update")
+def secrets_update(
+    workspace: str,
+    name: str,
+    value: Annotated[str | None, typer.Option(help="the new value (it stays in your shell history)")] = None,
+    from_file: Annotated[str | None, typer.Option("--from-file", help="read the new value from a file ('-': stdin)")]
+    = None,
+    description: Annotated[str | None, typer.Option(help="the new description ('' clears it)")] = None,
+    url: Url = None,
+    as_json: AsJson = False,
+) -> None:
+    """Change a secret's value (--value, --from-file, or a hidden prompt when nothing else is given) or description."""
+    new_value = None
+    if value is not None or from_file is not None or description is None:
+        new_value = _secret_value(value, from_file)
+    fields: dict[str, Any] = {"value": new_value}
+    if description is not None:
+        fields["description"] = description or None
+    _show(_run(lambda: _client(url).secrets.update(workspace, name, **fields)), SECRET_COLUMNS, as_json)
+
+
+@secrets_app.command("list")
+def secrets_list(workspace: str, url: Url = None, as_json: AsJson = False) -> None:
+    """List a workspace's secrets (names and descriptions, no values)."""
+    _show(_run(lambda: list(_client(url).secrets.list(workspace).auto_paging_iter())), SECRET_COLUMNS, as_json)
+
+
+@secrets_app.command("show")
+def secrets_show(workspace: str, name: str, url: Url = None, as_json: AsJson = False) -> None:
+    """Show a secret's metadata (not its value: see `secrets get`)."""
+    _show(_run(lambda: _client(url).secrets.retrieve(workspace, name)), SECRET_COLUMNS, as_json)
+
+
+@secrets_app.command("get")
+def secrets_get(workspace: str, name: str, url: Url = None) -> None:
+    """Print a secret's value (and nothing else, for use in scripts)."""
+    typer.echo(_run(lambda: _client(url).secrets.access(workspace, name)).value)
+
+
+@secrets_app.command("delete")
+def secrets_delete(workspace: str, name: str, url: Url = None) -> None:
+    """Delete a secret."""
+    _run(lambda: _client(url).secrets.delete(workspace, name))
+    console.print(Text(f"deleted secret {workspace}/{name}"))
 
 
 CHAT_COMMANDS = "/reset forgets the conversation, /exit (or Ctrl-D) ends it, Ctrl-C stops an answer"

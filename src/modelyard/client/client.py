@@ -1,5 +1,6 @@
 """Typed resources over httpx: ``client.workspaces``, ``client.models``, ``client.adapters``,
-``client.endpoints`` (with ``client.endpoints.adapters``) and ``client.chat``."""
+``client.endpoints`` (with ``client.endpoints.adapters``), ``client.chat``, and for identity
+``client.access_keys``, ``client.members``, ``client.secrets`` and ``client.auth``."""
 
 from __future__ import annotations
 
@@ -14,10 +15,24 @@ from pathlib import Path
 from typing import Any, Generic, Literal, Self, TypeVar, overload
 
 import httpx
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from modelyard.adapters.schemas import Adapter
+from modelyard.client.credentials import load_api_key
 from modelyard.client.errors import APIConnectionError, StreamError, error_for
+from modelyard.client.types_auth import (
+    AccessKey,
+    AccessKeyCreated,
+    AccessKeyList,
+    AccessKeyRevoked,
+    AccessKeyStatus,
+    Deleted,
+    Member,
+    MemberList,
+    Secret,
+    SecretValue,
+    WhoAmI,
+)
 from modelyard.endpoints.schemas import (
     AdapterRemoved,
     AttachedAdapterList,
@@ -26,12 +41,24 @@ from modelyard.endpoints.schemas import (
     HardwareList,
 )
 from modelyard.filesets.schemas import FileEntry, FileList, Fileset
-from modelyard.listing import Pagination
 from modelyard.models.schemas import ModelEntity
 from modelyard.workspaces.schemas import Workspace
 
 T = TypeVar("T", bound=BaseModel)
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
+
+
+class Pagination(BaseModel):
+    """Where a page of a list stands (the server's ``pagination`` object; defined here so that the SDK
+    does not import the server's listing module, which needs FastAPI)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    page: int
+    page_size: int
+    current_page_size: int
+    total_pages: int
+    total_results: int
 
 
 @dataclass
@@ -96,12 +123,23 @@ class Modelyard:
     def __init__(
         self,
         base_url: str | None = None,
+        api_key: str | None = None,
         *,
         http_client: httpx.Client | None = None,
         timeout: float = 30.0,
         max_retries: int = 2,
     ) -> None:
+        """``api_key``: the argument, else ``MODELYARD_API_KEY``, else the credentials file under
+        ``MODELYARD_HOME`` (the entry saved for this URL by ``modelyard login``, else the default one the
+        server wrote on its first start). None of them: requests go without a key (a server with auth
+        off). The key is sent as ``Authorization: Bearer`` on every request."""
         self.base_url = (base_url or os.environ.get("MODELYARD_URL") or DEFAULT_BASE_URL).rstrip("/")
+        self._key_given = api_key is not None
+        if api_key is None:
+            api_key = os.environ.get("MODELYARD_API_KEY") or None
+        if api_key is None:
+            api_key = load_api_key(self.base_url)
+        self.api_key = api_key or None
         self._http = http_client or httpx.Client(timeout=timeout)
         self.max_retries = max_retries
         self.workspaces = Workspaces(self)
@@ -110,6 +148,25 @@ class Modelyard:
         self.endpoints = Endpoints(self)
         self.filesets = Filesets(self)
         self.chat = Chat(self)
+        self.access_keys = AccessKeys(self)
+        self.members = Members(self)
+        self.secrets = Secrets(self)
+        self.auth = Auth(self)
+
+    def __repr__(self) -> str:  # never the key
+        return f"Modelyard(base_url={self.base_url!r}, api_key={'***' if self.api_key else None})"
+
+    def _headers(self, headers: Any = None) -> httpx.Headers:
+        """The request's headers with the key added (on the request, never on a shared client's defaults).
+        An ``Authorization`` passed with the request wins; so does one set on a given ``http_client``
+        over a key found in the environment or the credentials file (not over ``api_key=``)."""
+        merged = httpx.Headers(headers)
+        if not self.api_key or "authorization" in merged:
+            return merged
+        if not self._key_given and "authorization" in self._http.headers:
+            return merged
+        merged["Authorization"] = f"Bearer {self.api_key}"
+        return merged
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """Send a request; raise the error class of the status for 4xx/5xx.
@@ -118,6 +175,7 @@ class Modelyard:
         the server without an answer, as when a kept-alive connection is reused just as the server
         closes it) is sent again up to ``max_retries`` times, as the OpenAI SDK does. Timeouts are
         not retried, and neither is anything that may have changed state."""
+        kwargs["headers"] = self._headers(kwargs.get("headers"))
         attempt = 0
         while True:
             try:
@@ -138,6 +196,7 @@ class Modelyard:
     def stream(self, method: str, path: str, **kwargs: Any) -> Iterator[httpx.Response]:
         """Send a request and hand over its response unread, for a body that arrives over time.
         Errors as in ``request``; a connection lost while reading is an ``APIConnectionError`` too."""
+        kwargs["headers"] = self._headers(kwargs.get("headers"))
         try:
             with self._http.stream(method, self.base_url + path, **kwargs) as response:
                 if response.status_code >= 400:
@@ -401,6 +460,132 @@ class Chat(_Resource):
                 yield chunk
 
 
+class _Unset:
+    """An argument left out (where None means something: clear the field)."""
+
+    def __repr__(self) -> str:
+        return "<unset>"
+
+
+_UNSET = _Unset()
+
+
+def _without_none(**fields: Any) -> dict[str, Any]:
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+class AccessKeys(_Resource):
+    """API keys (JWTs the server signs): create one (its token is shown only then), list, revoke,
+    suspend and unsuspend."""
+
+    _path = "/apis/auth/v2/access-keys"
+
+    def create(
+        self, *, name: str | None = None, description: str | None = None, expires_in_seconds: int | None = None,
+        workspace: str | None = None, scopes: list[str] | None = None, principal: str | None = None,
+        service_account_id: str | None = None,
+    ) -> AccessKeyCreated:
+        """A key for yourself, or (an admin) for ``principal`` / a service account. ``scopes`` narrow it
+        (``models:read``, ``files:write``, ...); ``workspace`` is its default workspace."""
+        body = _without_none(name=name, description=description, expires_in_seconds=expires_in_seconds,
+                             workspace=workspace, scopes=scopes, principal=principal,
+                             service_account_id=service_account_id)
+        return AccessKeyCreated.model_validate(self._client.request("POST", self._path, json=body).json())
+
+    def list(self, *, page: int | None = None, page_size: int | None = None) -> AccessKeyList:
+        """One page of keys, newest first (``has_more`` says whether another follows)."""
+        params = _without_none(page=page, page_size=page_size)
+        return AccessKeyList.model_validate(self._client.request("GET", self._path, params=params).json())
+
+    def list_all(self) -> Iterator[AccessKey]:
+        """Every key, page after page."""
+        page = 1
+        while True:
+            listed = self.list(page=page)
+            yield from listed.data
+            if not listed.has_more or not listed.data:
+                return
+            page += 1
+
+    def revoke(self, jti: str, /) -> AccessKeyRevoked:
+        return AccessKeyRevoked.model_validate(self._client.request("DELETE", f"{self._path}/{jti}").json())
+
+    def suspend(self, jti: str, /) -> AccessKeyStatus:
+        return AccessKeyStatus.model_validate(self._client.request("POST", f"{self._path}/{jti}/suspend").json())
+
+    def unsuspend(self, jti: str, /) -> AccessKeyStatus:
+        return AccessKeyStatus.model_validate(self._client.request("POST", f"{self._path}/{jti}/unsuspend").json())
+
+
+def _members_path(workspace: str) -> str:
+    return f"/apis/entities/v2/workspaces/{workspace}/members"
+
+
+class Members(_Resource):
+    """Who holds which roles (Viewer, Editor, Admin) in a workspace."""
+
+    def list(self, workspace: str, /) -> MemberList:
+        return MemberList.model_validate(self._client.request("GET", _members_path(workspace)).json())
+
+    def add(self, workspace: str, principal: str, /, roles: list[str] | None = None) -> Member:
+        body = {"principal": principal, "roles": list(roles) if roles is not None else ["Editor"]}
+        return Member.model_validate(self._client.request("POST", _members_path(workspace), json=body).json())
+
+    def update(self, workspace: str, principal: str, /, roles: list[str]) -> Member:
+        """Replace the principal's roles in the workspace with ``roles``."""
+        path = f"{_members_path(workspace)}/{principal}"
+        return Member.model_validate(self._client.request("PUT", path, json={"roles": list(roles)}).json())
+
+    def remove(self, workspace: str, principal: str, /) -> Deleted:
+        path = f"{_members_path(workspace)}/{principal}"
+        return Deleted.model_validate(self._client.request("DELETE", path).json())
+
+
+def _secrets_path(workspace: str) -> str:
+    return f"/apis/secrets/v2/workspaces/{workspace}/secrets"
+
+
+class Secrets(_Resource):
+    """Workspace secrets, encrypted at rest: every call returns metadata, only ``access`` the value."""
+
+    def create(self, workspace: str, name: str, /, value: str, description: str | None = None) -> Secret:
+        body = _without_none(name=name, value=value, description=description)
+        return Secret.model_validate(self._client.request("POST", _secrets_path(workspace), json=body).json())
+
+    def list(
+        self, workspace: str, /, *, page: int | None = None, page_size: int | None = None, sort: str | None = None,
+        filters: Mapping[str, Any] | None = None,
+    ) -> SyncPage[Secret]:
+        return self._client._page(_secrets_path(workspace), Secret, _list_params(page, page_size, sort, filters))
+
+    def retrieve(self, workspace: str, name: str, /) -> Secret:
+        return Secret.model_validate(self._client.request("GET", f"{_secrets_path(workspace)}/{name}").json())
+
+    def update(self, workspace: str, name: str, /, value: str | None = None,
+               description: str | None | _Unset = _UNSET) -> Secret:
+        """Change the value, the description, or both: what is left out is kept; ``description=None``
+        clears it."""
+        body: dict[str, Any] = _without_none(value=value)
+        if not isinstance(description, _Unset):
+            body["description"] = description
+        path = f"{_secrets_path(workspace)}/{name}"
+        return Secret.model_validate(self._client.request("PATCH", path, json=body).json())
+
+    def delete(self, workspace: str, name: str, /) -> None:
+        self._client.request("DELETE", f"{_secrets_path(workspace)}/{name}")
+
+    def access(self, workspace: str, name: str, /) -> SecretValue:
+        """The decrypted value."""
+        path = f"{_secrets_path(workspace)}/{name}/access"
+        return SecretValue.model_validate(self._client.request("GET", path).json())
+
+
+class Auth(_Resource):
+    def whoami(self) -> WhoAmI:
+        """Who the server takes this client's key to be."""
+        return WhoAmI.model_validate(self._client.request("GET", "/apis/auth/authenticate").json())
+
+
 def _files_path(workspace: str) -> str:
     return f"/apis/files/v2/workspaces/{workspace}/filesets"
 
@@ -461,7 +646,7 @@ class Filesets(_Resource):
         have = os.path.getsize(part) if os.path.exists(part) else 0
         headers = {"Range": f"bytes={have}-"} if have else {}
         url = self._client.base_url + f"{_files_path(workspace)}/{name}/-/{path}"
-        with self._client._http.stream("GET", url, headers=headers) as response:
+        with self._client._http.stream("GET", url, headers=self._client._headers(headers)) as response:
             if response.status_code == 416:  # the part file already holds everything
                 response.read()
             elif response.status_code >= 400:

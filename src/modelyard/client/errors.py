@@ -53,6 +53,12 @@ class BadRequestError(APIStatusError):
     status_code = 400
 
 
+class AuthenticationError(APIStatusError):
+    """401: no key, or a key the server does not accept (malformed, expired, suspended, revoked)."""
+
+    status_code = 401
+
+
 class PermissionDeniedError(APIStatusError):
     status_code = 403
 
@@ -73,17 +79,33 @@ class UnprocessableEntityError(APIStatusError):
     status_code = 422
 
 
+class RateLimitError(APIStatusError):
+    """429: too many requests (or failed authentications) from this client; ``retry_after`` is in seconds."""
+
+    status_code = 429
+
+    @property
+    def retry_after(self) -> float | None:
+        value = self.response.headers.get("retry-after")
+        try:
+            return float(value) if value is not None else None
+        except ValueError:
+            return None
+
+
 class InternalServerError(APIStatusError):
     status_code = 500
 
 
 _BY_STATUS: dict[int, type[APIStatusError]] = {
     400: BadRequestError,
+    401: AuthenticationError,
     403: PermissionDeniedError,
     404: NotFoundError,
     409: ConflictError,
     413: PayloadTooLargeError,
     422: UnprocessableEntityError,
+    429: RateLimitError,
 }
 
 
