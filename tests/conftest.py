@@ -112,11 +112,32 @@ def client(app: FastAPI) -> Iterator[Modelyard]:
         yield Modelyard("http://testserver", http_client=http)
 
 
-def admin_key(settings: Settings) -> str:
+def as_user(client: Modelyard, principal: str, roles: dict[str, str] | None = None, *,
+            scopes: list[str] | None = None, workspace: str | None = None) -> Modelyard:
+    """An SDK for ``principal`` over the same connection as ``client`` (the PlatformAdmin), with
+    ``roles`` ({workspace: role}) granted first; ``scopes`` narrow its key."""
+    for ws, role in (roles or {}).items():
+        client.members.add(ws, principal, roles=[role])
+    key = client.access_keys.create(principal=principal, scopes=scopes, workspace=workspace)
+    return Modelyard(client.base_url, http_client=client._http, api_key=key.token)
+
+
+def AUTH() -> dict[str, str]:  # noqa: N802 - reads like the constant it stands for
+    """The ``Authorization`` header of the running ``live_server`` (its PlatformAdmin key)."""
+    return {"Authorization": f"Bearer {os.environ['MODELYARD_API_KEY']}"}
+
+
+def authorize(http: TestClient) -> TestClient:
+    """``http`` (a started TestClient) sending the app's PlatformAdmin key on every request."""
+    http.headers["Authorization"] = f"Bearer {admin_key(http.app.state.settings)}"  # type: ignore[attr-defined]
+    return http
+
+
+def admin_key(settings: Settings | Path) -> str:
     """The PlatformAdmin key the server wrote to ``{home}/credentials`` on its first start."""
     from modelyard.client.credentials import read_credentials
 
-    return read_credentials(settings.home)["default"]["api_key"]
+    return read_credentials(settings if isinstance(settings, Path) else settings.home)["default"]["api_key"]
 
 
 def free_port() -> int:
@@ -126,8 +147,9 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def live_server(app: FastAPI) -> Iterator[str]:
-    """A real uvicorn server on a free port (for concurrency and CLI tests); yields its URL."""
+def live_server(app: FastAPI, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A real uvicorn server on a free port (for concurrency and CLI tests); yields its URL. The SDK,
+    the CLI and the tests' OpenAI/Together clients use its PlatformAdmin key (``MODELYARD_API_KEY``)."""
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -137,6 +159,7 @@ def live_server(app: FastAPI) -> Iterator[str]:
         if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError("test server did not start")
         time.sleep(0.05)
+    monkeypatch.setenv("MODELYARD_API_KEY", admin_key(app.state.settings))
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(timeout=10)

@@ -11,13 +11,13 @@ import httpx
 import pytest
 
 from modelyard.client import Modelyard
-from tests.conftest import make_fileset
+from tests.conftest import AUTH, make_fileset
 
 N = 20
 
 
 async def _race(url: str, path: str, body: dict) -> list[int]:
-    async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+    async with httpx.AsyncClient(base_url=url, timeout=60, headers=AUTH()) as http:
         responses = await asyncio.gather(*(http.post(path, json=body) for _ in range(N)))
     return sorted(r.status_code for r in responses)
 
@@ -35,7 +35,7 @@ def test_concurrent_creates_of_one_name(live_server: str, path: str, body: dict)
 
 
 def test_concurrent_adapter_creates(live_server: str) -> None:
-    httpx.post(f"{live_server}/apis/models/v2/workspaces/default/models", json={"name": "race-base"}).raise_for_status()
+    httpx.post(f"{live_server}/apis/models/v2/workspaces/default/models", json={"name": "race-base"}, headers=AUTH()).raise_for_status()
     with Modelyard(live_server) as client:
         make_fileset(client, "default/fs1")
     body = {"name": "contested", "model": "race-base", "fileset": "fs1", "finetuning_type": "lora"}
@@ -55,7 +55,7 @@ async def _hammer_one_path(url: str) -> list[str]:
     # (its keep-alive timeout, on a loaded machine) fails a PUT with ReadError, which says nothing
     # about what this test checks (a PUT is not resent, so the client cannot paper over it either)
     fresh = httpx.Limits(max_keepalive_connections=0)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=fresh) as http:
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=fresh, headers=AUTH()) as http:
         (await http.post(FILES, json={"name": "hammered"})).raise_for_status()
         for round_ in range(ROUNDS):
             bodies = [os.urandom(20_000 + 7_919 * i + round_) for i in range(WRITERS)]

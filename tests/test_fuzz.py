@@ -19,6 +19,8 @@ hypothesis = pytest.importorskip("hypothesis")
 
 from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance
 
+from tests.conftest import admin_key
+
 CONFORMANCE = [response_schema_conformance, content_type_conformance]
 EXAMPLES = int(os.environ.get("MODELYARD_FUZZ_EXAMPLES", "20"))
 
@@ -29,7 +31,8 @@ def test_no_server_errors(tmp_path: Path) -> None:
     failures: list[str] = []
     undeclared: list[str] = []  # a status the operation's OpenAPI does not list
     violations: list[str] = []  # a response body its declared schema does not describe
-    with TestClient(app):  # the lifespan: a migrated database, the supervisor
+    with TestClient(app):  # the lifespan: a migrated database, the supervisor (and the admin key)
+        auth = {"Authorization": f"Bearer {admin_key(app.state.settings)}"}
         schema = schemathesis.openapi.from_asgi("/openapi.json", app)
         operations = [result.ok() for result in schema.get_all_operations()]
         assert len(operations) > 30
@@ -44,7 +47,7 @@ def test_no_server_errors(tmp_path: Path) -> None:
                                  suppress_health_check=list(hypothesis.HealthCheck))
             def run(case: object) -> None:
                 try:
-                    response = case.call()  # type: ignore[attr-defined]
+                    response = case.call(headers=auth)  # type: ignore[attr-defined]
                 except Exception as exc:  # noqa: BLE001 - the test client re-raises what the app raised
                     failures.append(f"{case.method} {case.formatted_path}: {type(exc).__name__}: {exc}"[:400])  # type: ignore[attr-defined]
                     return

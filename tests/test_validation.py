@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from modelyard.app import create_app
 from modelyard.client import Modelyard
 from modelyard.config import Settings
-from tests.conftest import make_fileset
+from tests.conftest import authorize, make_fileset
 
 WS = "/apis/entities/v2/workspaces"
 MODELS = "/apis/models/v2/workspaces/default/models"
@@ -186,7 +186,7 @@ def test_json_nested_64_deep_is_accepted(client: Modelyard) -> None:
 def small_limit_client(settings: Settings) -> Iterator[Modelyard]:
     small = settings.model_copy(update={"max_json_bytes": 1000, "max_file_size": 1_000_000})
     with TestClient(create_app(small)) as transport:
-        yield Modelyard("http://testserver", http_client=transport)
+        yield Modelyard("http://testserver", http_client=authorize(transport))
 
 
 def test_json_bodies_over_the_limit_are_413_before_parsing(small_limit_client: Modelyard) -> None:
@@ -273,7 +273,7 @@ def test_max_replicas_is_a_setting(settings: Settings) -> None:
     assert Settings().max_replicas == 8
     roomy = settings.model_copy(update={"max_replicas": 64})
     with TestClient(create_app(roomy)) as transport:
-        response = transport.post("/v1/endpoints", json=_endpoint_body(64, 64))
+        response = authorize(transport).post("/v1/endpoints", json=_endpoint_body(64, 64))
         assert "MODELYARD_MAX_REPLICAS" not in response.text  # passes the size check (then: unknown model)
 
 

@@ -24,10 +24,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelyard import __version__
 from modelyard.adapters.router import router as adapters_router
+from modelyard.audit.middleware import AuditTrail
 from modelyard.audit.router import router as audit_router
 from modelyard.auth.authority import BOOTSTRAP_PRINCIPAL, Authority
 from modelyard.auth.crypto import Keyring
 from modelyard.auth.middleware import Authenticate
+from modelyard.auth.policy import PUBLIC
 from modelyard.auth.router import router as auth_router
 from modelyard.boundary import RequestBoundary
 from modelyard.config import Settings
@@ -276,7 +278,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         Authenticate, authority=lambda: app.state.authority, allowed_hosts=settings.allowed_hosts,
         failures_per_minute=settings.auth_failures_per_minute, openai_surface=_openai_surface,
+        trusted_workspaces=settings.trusted_fileset_workspaces,
     )
+    app.add_middleware(AuditTrail)
     app.add_middleware(AccessLog)
     return app
 
@@ -296,12 +300,14 @@ _OPENAI_ERROR_SCHEMA = {
 }
 _WHY = {
     400: "a malformed request (control characters, a bad filter, a value the rules refuse)",
-    403: "not allowed (e.g. trust_remote_code outside a trusted fileset workspace)",
+    401: "no valid access key: missing, malformed, expired, suspended or revoked (WWW-Authenticate: Bearer)",
+    403: "the caller's role or the key's scopes do not allow it (or trust_remote_code outside a trusted workspace)",
     404: "no such workspace or entity",
     409: "conflicts with the current state (a duplicate, or data still in use)",
     413: "the request body is larger than MODELYARD_MAX_JSON_BYTES (or a file than MODELYARD_MAX_FILE_SIZE)",
     416: "the Range cannot be satisfied",
     422: "the request does not validate",
+    429: "too many failed authentications from this address; see Retry-After",
     502: "the fileset's storage failed; nothing was stored",
     503: "the database (or the endpoint's engine) is unavailable for now; see Retry-After",
 }
@@ -311,9 +317,9 @@ def _statuses(path: str, method: str, operation: dict[str, Any]) -> set[int]:
     """What an operation can answer besides success: every route meets the request boundary (400;
     413 with a body) and database outages (503); a path, query or header parameter can name nothing
     (404) or fail validation (422); a change can conflict (409); files add storage (502) and ranges."""
-    if path == "/health":
-        return {503}
-    statuses = {400, 503}
+    if path in PUBLIC:
+        return {400, 503}
+    statuses = {400, 401, 403, 429, 503}
     if "requestBody" in operation or method in ("post", "put", "patch"):
         statuses |= {413, 422}
     if operation.get("parameters"):
@@ -324,8 +330,6 @@ def _statuses(path: str, method: str, operation: dict[str, Any]) -> set[int]:
         statuses |= {404, 502}
         if "/-/" in path and method in ("get", "head"):
             statuses.add(416)
-    if "/models" in path and method in ("post", "patch"):
-        statuses.add(403)
     return statuses
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
@@ -220,3 +220,13 @@ def query_dependency(
 
     dependency.__doc__ = f"Filters: {', '.join(f'filter[{name}]' for name in fields)}"
     return dependency
+
+
+def in_workspaces(stmt: Select[Any], column: Any, workspaces: str | Collection[str] | None) -> Select[Any]:
+    """``stmt`` limited to one workspace (a name), to several (a collection: the ones a caller can read
+    in a ``-`` list), or not at all (``None``)."""
+    if isinstance(workspaces, str):
+        return stmt.where(column == workspaces)
+    if workspaces is not None:
+        return stmt.where(column.in_(sorted(workspaces)))
+    return stmt

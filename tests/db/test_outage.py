@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 
 from modelyard.app import create_app
 from modelyard.config import Settings
-from tests.conftest import PG_ADMIN_URL, _reset
+from tests.conftest import PG_ADMIN_URL, _reset, authorize
 
 KILL = ("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
         "WHERE datname = :name AND pid <> pg_backend_pid()")
@@ -112,6 +112,7 @@ def test_an_unreachable_database_is_503_with_retry_after_until_it_is_back(
     settings = Settings(home=tmp_path / "home", database_url=url, supervisor_interval=0.1, supervisor_max_backoff=0.5)
     app = create_app(settings)
     with TestClient(app, raise_server_exceptions=False) as http:
+        authorize(http)
         supervisor = app.state.supervisor
         passes: list[bool] = []
         read = supervisor._read_endpoints

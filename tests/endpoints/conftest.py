@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,4 +31,4 @@ def registry(settings: Settings, fixture_models: dict[str, Path], live_server: s
     """Our SDK and Together's against a live server, with the fixture model registered."""
     with Modelyard(live_server) as ours:
         register(ours, fixture_models)
-        yield ours, Together(api_key="test", base_url=live_server + "/v1", max_retries=0)
+        yield ours, Together(api_key=os.environ["MODELYARD_API_KEY"], base_url=live_server + "/v1", max_retries=0)

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import httpx
 import openai
+import pytest
 from together import Together
 
 from modelyard.client import Modelyard
-from tests.conftest import free_port
+from tests.conftest import admin_key, free_port
 from tests.endpoints.conftest import register
 from tests.endpoints.test_serving import PROMPT, wait_for
 
@@ -45,15 +46,18 @@ def _engine_pids(home: Path) -> set[int]:
     return {int(p) for p in out.split()}
 
 
-def test_kill_the_server_and_start_it_again(tmp_path: Path, fixture_models: dict[str, Path]) -> None:
+def test_kill_the_server_and_start_it_again(
+    tmp_path: Path, fixture_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     home, port, log = tmp_path / "home", free_port(), tmp_path / "server.log"
     url = f"http://127.0.0.1:{port}"
     server = _serve(home, port, log)
+    monkeypatch.setenv("MODELYARD_API_KEY", admin_key(home))  # still valid after the restart below
     try:
         with Modelyard(url) as ours:
             register(ours, fixture_models)
-        tg = Together(api_key="test", base_url=url + "/v1", max_retries=0)
-        oa = openai.OpenAI(api_key="test", base_url=url + "/v1", max_retries=0)
+        tg = Together(api_key=os.environ["MODELYARD_API_KEY"], base_url=url + "/v1", max_retries=0)
+        oa = openai.OpenAI(api_key=os.environ["MODELYARD_API_KEY"], base_url=url + "/v1", max_retries=0)
         endpoint = tg.endpoints.create(model="tiny", hardware="cpu", autoscaling={"min_replicas": 1, "max_replicas": 1})
         wait_for(lambda: tg.endpoints.retrieve(endpoint.id).state == "STARTED", what="STARTED")
         tg.endpoints.adapters.add(endpoint.id, model_id=f"{endpoint.name}:pirate")

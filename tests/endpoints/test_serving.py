@@ -23,7 +23,7 @@ from together import Together
 
 from modelyard.client import Modelyard
 from modelyard.config import Settings
-from tests.conftest import TRUSTED
+from tests.conftest import AUTH, TRUSTED
 
 PROMPT = [{"role": "user", "content": "hello there"}]
 
@@ -68,7 +68,7 @@ def pids(app: FastAPI, endpoint_id: str) -> list[int]:
 def test_attach_route_stream_and_detach_with_the_official_sdks(registry: tuple[Modelyard, Together],
                                                                live_server: str) -> None:
     ours, tg = registry
-    oa = openai.OpenAI(api_key="test", base_url=live_server + "/v1", max_retries=0)
+    oa = openai.OpenAI(api_key=os.environ["MODELYARD_API_KEY"], base_url=live_server + "/v1", max_retries=0)
     endpoint = start_endpoint(tg)
     base = ask(oa, endpoint.name)
     assert httpx.get(live_server + "/health").json()["engines"] == {"endpoints": 1, "replicas": 1,
@@ -101,7 +101,8 @@ def test_attach_route_stream_and_detach_with_the_official_sdks(registry: tuple[M
 
     # the reference's inference-gateway prefix serves the same routes
     prefixed = httpx.post(f"{live_server}/apis/inference-gateway/v2/workspaces/default/openai/-/v1/chat/completions",
-                          json={"model": "default/pirate", "messages": PROMPT, "max_tokens": 10, "temperature": 0})
+                          json={"model": "default/pirate", "messages": PROMPT, "max_tokens": 10, "temperature": 0},
+                          headers=AUTH())
     assert prefixed.status_code == 200 and prefixed.json()["choices"][0]["message"]["content"] == answers["pirate"]
 
     tg.endpoints.adapters.remove(endpoint.id, model_id=f"{endpoint.name}:pirate")
@@ -135,7 +136,7 @@ def app_replica(live_server: str) -> str:
 
 
 def engine_models(url: str) -> set[str]:
-    return {m["id"] for m in httpx.get(url + "/v1/models").json()["data"] if m.get("parent")}
+    return {m["id"] for m in httpx.get(url + "/v1/models", headers=AUTH()).json()["data"] if m.get("parent")}
 
 
 def test_failed_loads_leave_nothing_attached(registry: tuple[Modelyard, Together], settings: Settings,
@@ -163,7 +164,7 @@ def test_a_killed_replica_is_replaced_and_serves_the_same_adapters(app: FastAPI,
                                                                    registry: tuple[Modelyard, Together],
                                                                    live_server: str) -> None:
     _, tg = registry
-    oa = openai.OpenAI(api_key="test", base_url=live_server + "/v1", max_retries=0)
+    oa = openai.OpenAI(api_key=os.environ["MODELYARD_API_KEY"], base_url=live_server + "/v1", max_retries=0)
     endpoint = start_endpoint(tg)
     tg.endpoints.adapters.add(endpoint.id, model_id=f"{endpoint.name}:space")
     before = ask(oa, "space")
@@ -225,7 +226,7 @@ def test_hot_swap_while_requests_flow(app: FastAPI, registry: tuple[Modelyard, T
     """Attach, detach and disable adapters (one that is serving, one that has served) while the base
     model streams a long answer and other adapters keep answering: no request fails."""
     ours, tg = registry
-    oa = openai.OpenAI(api_key="test", base_url=live_server + "/v1", max_retries=0)
+    oa = openai.OpenAI(api_key=os.environ["MODELYARD_API_KEY"], base_url=live_server + "/v1", max_retries=0)
     endpoint = start_endpoint(tg)
     for name in ("pirate", "space", "chef"):
         tg.endpoints.adapters.add(endpoint.id, model_id=f"{endpoint.name}:{name}")
@@ -284,7 +285,7 @@ def test_hot_swap_while_requests_flow(app: FastAPI, registry: tuple[Modelyard, T
 
 def test_stop_and_start_again(app: FastAPI, registry: tuple[Modelyard, Together], live_server: str) -> None:
     _, tg = registry
-    oa = openai.OpenAI(api_key="test", base_url=live_server + "/v1", max_retries=0)
+    oa = openai.OpenAI(api_key=os.environ["MODELYARD_API_KEY"], base_url=live_server + "/v1", max_retries=0)
     endpoint = start_endpoint(tg)
     tg.endpoints.adapters.add(endpoint.id, model_id=f"{endpoint.name}:chef")
     before = ask(oa, "chef")
@@ -366,7 +367,7 @@ def test_a_vllm_endpoint_serves_attached_adapters(registry: tuple[Modelyard, Tog
     """The same endpoint flow with `engine: vllm`: the supervisor starts vLLM's CPU build, attaches
     load through vLLM's runtime LoRA API, and the gateway routes to it."""
     _, tg = registry
-    oa = openai.OpenAI(api_key="test", base_url=live_server + "/v1", max_retries=0)
+    oa = openai.OpenAI(api_key=os.environ["MODELYARD_API_KEY"], base_url=live_server + "/v1", max_retries=0)
     endpoint = tg.endpoints.create(model="default/tiny", hardware="cpu",
                                    autoscaling={"min_replicas": 1, "max_replicas": 1},
                                    extra_body={"engine": "vllm", "max_lora_rank": 8})
@@ -400,7 +401,7 @@ def test_new_files_for_an_attached_adapter_are_swapped_in_without_a_gap(
     registry: tuple[Modelyard, Together], live_server: str, fixture_models: dict[str, Path]
 ) -> None:
     ours, tg = registry
-    oa = openai.OpenAI(api_key="test", base_url=live_server + "/v1", max_retries=0)
+    oa = openai.OpenAI(api_key=os.environ["MODELYARD_API_KEY"], base_url=live_server + "/v1", max_retries=0)
     endpoint = start_endpoint(tg)
     tg.endpoints.adapters.add(endpoint.id, model_id=f"{endpoint.name}:pirate")
     tg.endpoints.adapters.add(endpoint.id, model_id=f"{endpoint.name}:chef")
@@ -418,7 +419,7 @@ def test_scale_to_zero_and_back_on_demand(app: FastAPI, registry: tuple[Modelyar
                                           settings: Settings, live_server: str) -> None:
     _, tg = registry
     settings.scale_down_after = 1.0
-    oa = openai.OpenAI(api_key="test", base_url=live_server + "/v1", max_retries=0, timeout=120)
+    oa = openai.OpenAI(api_key=os.environ["MODELYARD_API_KEY"], base_url=live_server + "/v1", max_retries=0, timeout=120)
     endpoint = tg.endpoints.create(model="default/tiny", hardware="cpu",
                                    autoscaling={"min_replicas": 0, "max_replicas": 1})
     wait_for(lambda: tg.endpoints.retrieve(endpoint.id).state == "STARTED", what="STARTED with no replica")
@@ -437,7 +438,7 @@ def test_a_replica_dead_before_answering_is_retried_on_the_other(
     """A replica that died after the gateway picked it (it still looked alive) refuses the connection:
     the request goes to the other replica instead of failing."""
     _, tg = registry
-    oa = openai.OpenAI(api_key="test", base_url=live_server + "/v1", max_retries=0)
+    oa = openai.OpenAI(api_key=os.environ["MODELYARD_API_KEY"], base_url=live_server + "/v1", max_retries=0)
     endpoint = start_endpoint(tg, autoscaling={"min_replicas": 2, "max_replicas": 2})
     wait_for(lambda: len(pids(app, endpoint.id)) == 2, what="two replicas")
     before = ask(oa, endpoint.name)
@@ -475,7 +476,8 @@ def test_an_endpoint_whose_only_replica_died_is_not_started_until_it_is_replaced
         return [p for p in pids(app, endpoint.id) if p != pid]
 
     wait_for(lambda: not pids(app, endpoint.id), what="the replica gone")
-    response = httpx.post(live_server + "/v1/chat/completions", json={"model": endpoint.name, "messages": PROMPT})
+    response = httpx.post(live_server + "/v1/chat/completions", json={"model": endpoint.name, "messages": PROMPT},
+                          headers=AUTH())
     assert response.status_code == 503 and response.headers["retry-after"], response.text
     assert response.json()["error"]["code"] in ("endpoint_not_ready", "engine_unavailable")
     wait_for(replaced, what="a new replica")

@@ -19,7 +19,7 @@ from fastapi import FastAPI
 
 from modelyard.client import BadRequestError, Modelyard
 from modelyard.config import Settings
-from tests.conftest import free_port
+from tests.conftest import authorize, free_port
 from tests.filesets.helpers import blobs_stored
 
 FS = "/apis/files/v2/workspaces/default/filesets"
@@ -55,6 +55,7 @@ def s3(s3_server: str, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> I
 
     settings.s3_access_key_id, settings.s3_secret_access_key = "testing", "testing"
     settings.s3_region, settings.s3_part_size = "us-east-1", PART
+    settings.s3_endpoint_url = s3_server  # the endpoint filesets may name (storage/policy.py)
     bucket = f"bucket-{os.urandom(4).hex()}"
     client = boto3.client("s3", endpoint_url=s3_server, aws_access_key_id="testing",
                           aws_secret_access_key="testing", region_name="us-east-1")
@@ -150,7 +151,8 @@ def test_a_large_upload_streams_with_flat_memory(live_server: str) -> None:
 
 def test_an_unreachable_bucket_is_a_clear_502(client: Modelyard, settings: Settings) -> None:
     settings.s3_access_key_id, settings.s3_secret_access_key = "testing", "testing"
-    storage = {"type": "s3", "bucket": "nowhere", "endpoint_url": f"http://127.0.0.1:{free_port()}"}
+    settings.s3_endpoint_url = f"http://127.0.0.1:{free_port()}"
+    storage = {"type": "s3", "bucket": "nowhere", "endpoint_url": settings.s3_endpoint_url}
     client.filesets.create("default", name="offline", storage=storage)
     with pytest.raises(Exception) as err:
         client.filesets.upload_file("default", "offline", "a.bin", b"data")
@@ -167,7 +169,7 @@ def test_s3_files_of_the_old_layout_are_moved_into_blobs(s3: object, s3_server: 
 
     storage = {"type": "s3", "bucket": s3.bucket, "prefix": "old", "endpoint_url": s3_server}  # type: ignore[attr-defined]
     with TestClient(create_app(settings)) as http:
-        client = Modelyard("http://testserver", http_client=http)
+        client = Modelyard("http://testserver", http_client=authorize(http))
         client.filesets.create("default", name="remote", storage=storage)
         entry = client.filesets.upload_file("default", "remote", "w/config.json", b'{"old": true}')
     # as a fileset written before migration 0004 lies on S3: the object at its path, layout 1
@@ -179,6 +181,6 @@ def test_s3_files_of_the_old_layout_are_moved_into_blobs(s3: object, s3_server: 
         session.execute(sa.text("UPDATE filesets SET layout = 1 WHERE name = 'remote'"))
     db.dispose()
     with TestClient(create_app(settings)) as http:
-        client = Modelyard("http://testserver", http_client=http)
+        client = Modelyard("http://testserver", http_client=authorize(http))
         assert client.request("GET", f"{FS}/remote/-/w/config.json").content == b'{"old": true}'
     assert set(_objects(s3, "old/")) == {blob}

@@ -15,7 +15,7 @@ from modelyard.client import (
     PermissionDeniedError,
     UnprocessableEntityError,
 )
-from tests.conftest import make_fileset
+from tests.conftest import as_user, make_fileset
 from tests.seeds import example
 
 SPEC = {
@@ -197,10 +197,13 @@ def test_api_key_is_masked_on_every_route(client: Modelyard) -> None:
     assert client.models.list("default").data[0].api_endpoint.api_key == masked
     patched = client.models.update("default", "secret", description="d")
     assert patched.api_endpoint.api_key == masked
-    # echoing the masked value back (GET then PATCH) keeps the real key
-    client.models.update("default", "secret", api_endpoint={"url": "https://y.example/v1", "api_key": masked})
+    # echoing the masked value back (GET then PATCH) with the same url keeps the real key
+    client.models.update("default", "secret", api_endpoint={"url": "https://x.example/v1", "api_key": masked})
     raw = client.request("GET", "/apis/models/v2/workspaces/default/models/secret").text
     assert key not in raw and masked in raw
+    # with another url it is dropped (tests/secrets/test_model_api_key.py has the rest of that rule)
+    moved = client.models.update("default", "secret", api_endpoint={"url": "https://y.example/v1", "api_key": masked})
+    assert moved.api_endpoint.api_key is None
     # and short keys are hidden entirely
     short = client.models.create("default", name="short", api_endpoint={"api_key": "abc"})
     assert short.api_endpoint.api_key == "***"
@@ -215,22 +218,27 @@ def test_real_key_survives_masked_echo(client: Modelyard, app) -> None:
     with app.state.db.engine.connect() as conn:
         stored = conn.execute(sa.text("SELECT api_endpoint FROM models WHERE name='echo'")).scalar_one()
     stored = stored if isinstance(stored, dict) else __import__("json").loads(stored)
-    assert stored["api_key"] == "sk-0123456789"
+    assert "api_key" not in stored  # stored only encrypted
+    assert app.state.keyring.decrypt(stored["api_key_encrypted"]) == "sk-0123456789"
 
 
 def test_trust_remote_code_needs_a_trusted_fileset_workspace(client: Modelyard) -> None:
+    """An Editor (``*`` is Editor in ``default``) needs a fileset in a trusted workspace; the workspace's
+    Admin (and a PlatformAdmin) may decide for itself."""
     make_fileset(client, "default/ckpt")
     make_fileset(client, "trusted/ckpt")
+    bob = as_user(client, "bob@example.com", {"trusted": "Viewer"})
     with pytest.raises(PermissionDeniedError) as err:
-        client.models.create("default", name="rc", fileset="default/ckpt", trust_remote_code=True)
+        bob.models.create("default", name="rc", fileset="default/ckpt", trust_remote_code=True)
     assert "MODELYARD_TRUSTED_FILESET_WORKSPACES" in err.value.detail and "'default'" in err.value.detail
     with pytest.raises(PermissionDeniedError):
-        client.models.create("default", name="rc", trust_remote_code=True)
-    ok = client.models.create("default", name="rc", fileset="trusted/ckpt", trust_remote_code=True)
+        bob.models.create("default", name="rc", trust_remote_code=True)
+    ok = bob.models.create("default", name="rc", fileset="trusted/ckpt", trust_remote_code=True)
     assert ok.trust_remote_code is True
     with pytest.raises(PermissionDeniedError):  # moving the fileset out of the trusted workspace
-        client.models.update("default", "rc", fileset="default/ckpt")
+        bob.models.update("default", "rc", fileset="default/ckpt")
     assert client.models.retrieve("default", "rc").fileset == "trusted/ckpt"
+    assert client.models.update("default", "rc", fileset="default/ckpt").trust_remote_code is True  # PlatformAdmin
 
 
 def test_fileset_name_is_qualified_with_path_workspace(client: Modelyard) -> None:

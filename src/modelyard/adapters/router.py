@@ -14,6 +14,7 @@ from modelyard.adapters.schemas import (
     CreateModelAdapterRequest,
     UpdateAdapterRequest,
 )
+from modelyard.auth.deps import AccessDep
 from modelyard.db.session import SessionDep
 from modelyard.listing import ListQuery, Page, query_dependency
 
@@ -37,18 +38,19 @@ RoutingChange = Annotated[None, Depends(_routing_changed, scope="function")]
 
 @router.post("/models/{model_name}/adapters", status_code=201, response_model=Adapter, **_out)
 def create_model_adapter(
-    workspace: str, model_name: str, body: CreateModelAdapterRequest, session: SessionDep, request: Request
+    workspace: str, model_name: str, body: CreateModelAdapterRequest, session: SessionDep, request: Request,
+    access: AccessDep,
 ) -> Adapter:
     """Adds an adapter to the model named in the path."""
-    return service.create_nested(session, request.app.state.settings, workspace, model_name, body)
+    return service.create_nested(session, request.app.state.settings, workspace, model_name, body, access)
 
 
 @router.patch("/models/{model_name}/adapters/{adapter}", response_model=Adapter, **_out)
 def update_model_adapter(
     workspace: str, model_name: str, adapter: str, body: UpdateAdapterRequest, _: RoutingChange,
-    session: SessionDep, request: Request,
+    session: SessionDep, request: Request, access: AccessDep,
 ) -> Adapter:
-    return service.update(session, request.app.state.settings, workspace, adapter, body, model_name=model_name)
+    return service.update(session, request.app.state.settings, workspace, adapter, body, access, model_name=model_name)
 
 
 @router.delete("/models/{model_name}/adapters/{adapter}", status_code=204, response_class=Response)
@@ -58,14 +60,16 @@ def delete_model_adapter(workspace: str, model_name: str, adapter: str, session:
 
 
 @router.post("/adapters", status_code=201, response_model=Adapter, **_out)
-def create_adapter(workspace: str, body: CreateAdapterRequest, session: SessionDep, request: Request) -> Adapter:
+def create_adapter(
+    workspace: str, body: CreateAdapterRequest, session: SessionDep, request: Request, access: AccessDep
+) -> Adapter:
     """Create an adapter under the base model named by ``model`` in the body."""
-    return service.create(session, request.app.state.settings, workspace, body)
+    return service.create(session, request.app.state.settings, workspace, body, access)
 
 
 @router.get("/adapters", response_model=Page[Adapter], **_out)
-def list_adapters(workspace: str, session: SessionDep, query: ListParams) -> Page[Adapter]:
-    return service.list_(session, workspace, query)
+def list_adapters(workspace: str, session: SessionDep, query: ListParams, access: AccessDep) -> Page[Adapter]:
+    return service.list_(session, workspace, query, access)
 
 
 @router.get("/adapters/{name}", response_model=Adapter, **_out)
@@ -75,11 +79,12 @@ def get_adapter(workspace: str, name: str, session: SessionDep) -> Adapter:
 
 @router.patch("/adapters/{name}", response_model=Adapter, **_out)
 def update_adapter(
-    workspace: str, name: str, body: UpdateAdapterRequest, _: RoutingChange, session: SessionDep, request: Request
+    workspace: str, name: str, body: UpdateAdapterRequest, _: RoutingChange, session: SessionDep, request: Request,
+    access: AccessDep,
 ) -> Adapter:
     """Change description, enabled, fileset or lora_config; any other field is 422. Disabling an
     adapter attached to an endpoint unloads it there; enabling it loads it again."""
-    return service.update(session, request.app.state.settings, workspace, name, body)
+    return service.update(session, request.app.state.settings, workspace, name, body, access)
 
 
 @router.delete("/adapters/{name}", status_code=204, response_class=Response)

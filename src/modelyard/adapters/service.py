@@ -14,6 +14,7 @@ from modelyard.adapters.schemas import (
     CreateModelAdapterRequest,
     UpdateAdapterRequest,
 )
+from modelyard.auth.principal import Access
 from modelyard.config import Settings
 from modelyard.db import tables
 from modelyard.db.engine import new_id, utcnow
@@ -48,12 +49,12 @@ def to_wire(row: tables.Adapter) -> Adapter:
 
 def check_files(
     session: Session, settings: Settings, reference: str, base: tables.Model, finetuning_type: str,
-    lora_config: dict[str, Any] | None,
+    lora_config: dict[str, Any] | None, access: Access,
 ) -> dict[str, Any] | None:
     """The fileset must exist and hold files. When it holds a PEFT adapter, its facts fill
     ``lora_config`` if the request left it out, must agree with what the request says, and every
     lora_A/lora_B tensor must fit its base layer (422 otherwise). Returns the lora_config to store."""
-    row = fileset_service.require_fileset(session, reference, non_empty=True)
+    row = fileset_service.require_fileset(session, reference, non_empty=True, access=access)
     try:
         facts = inspect_adapter(fileset_service.files_of(session, settings, row))
     except SpecError as exc:
@@ -86,12 +87,13 @@ def check_files(
 
 
 def _insert(
-    session: Session, settings: Settings, workspace: str, base: tables.Model, request: CreateModelAdapterRequest
+    session: Session, settings: Settings, workspace: str, base: tables.Model, request: CreateModelAdapterRequest,
+    access: Access,
 ) -> Adapter:
     now = utcnow()
     fileset = qualify(request.fileset, workspace)
     lora_config = request.lora_config.model_dump(exclude_none=True) if request.lora_config else None
-    lora_config = check_files(session, settings, fileset, base, request.finetuning_type.value, lora_config)
+    lora_config = check_files(session, settings, fileset, base, request.finetuning_type.value, lora_config, access)
     row = tables.Adapter(
         id=new_id("adapter"),
         workspace=workspace,
@@ -110,22 +112,26 @@ def _insert(
 
 
 def create_nested(
-    session: Session, settings: Settings, workspace: str, model_name: str, request: CreateModelAdapterRequest
+    session: Session, settings: Settings, workspace: str, model_name: str, request: CreateModelAdapterRequest,
+    access: Access,
 ) -> Adapter:
     """``POST …/models/{model_name}/adapters``: the base model comes from the path."""
     workspace_store.require(session, workspace)
     base = model_store.get(session, workspace, model_name)
-    return _insert(session, settings, workspace, base, request)
+    return _insert(session, settings, workspace, base, request, access)
 
 
-def create(session: Session, settings: Settings, workspace: str, request: CreateAdapterRequest) -> Adapter:
-    """``POST …/adapters``: the base model is ``model`` in the body, possibly in another workspace."""
+def create(
+    session: Session, settings: Settings, workspace: str, request: CreateAdapterRequest, access: Access
+) -> Adapter:
+    """``POST …/adapters``: the base model is ``model`` in the body, possibly in another workspace (one
+    the caller can read: any other is answered as if the model did not exist)."""
     workspace_store.require(session, workspace)
     base_ws, _, base_name = qualify(request.model, workspace).partition("/")
     base = model_store.find(session, base_ws, base_name)
-    if base is None:
+    if base is None or not access.can(base_ws):
         raise NotFound(f"Base model for adapter (model='{request.model}') not found")
-    return _insert(session, settings, workspace, base, request)
+    return _insert(session, settings, workspace, base, request, access)
 
 
 def _in_scope(session: Session, workspace: str, name: str, model_name: str | None) -> tables.Adapter:
@@ -144,16 +150,17 @@ def get(session: Session, workspace: str, name: str) -> Adapter:
     return to_wire(_in_scope(session, workspace, name, None))
 
 
-def list_(session: Session, workspace: str, query: ListQuery) -> Page[Adapter]:
+def list_(session: Session, workspace: str, query: ListQuery, access: Access) -> Page[Adapter]:
+    """One workspace's adapters; ``-``: every workspace the caller can read."""
     if workspace != "-":
         workspace_store.require(session, workspace)
-    rows, pagination = store.list_(session, None if workspace == "-" else workspace, query)
+    rows, pagination = store.list_(session, workspace if workspace != "-" else access.workspaces(), query)
     return Page[Adapter](data=[to_wire(r) for r in rows], pagination=pagination, sort=query.sort, filter=query.echo)
 
 
 def update(
     session: Session, settings: Settings, workspace: str, name: str, request: UpdateAdapterRequest,
-    model_name: str | None = None,
+    access: Access, model_name: str | None = None,
 ) -> Adapter:
     row = _in_scope(session, workspace, name, model_name)
     changes: dict[str, Any] = request.model_dump(exclude_unset=True, mode="json")
@@ -164,7 +171,7 @@ def update(
     if changes.get("fileset") is not None:
         base = session.get(tables.Model, row.model_id)
         given = changes.get("lora_config") if "lora_config" in changes else None
-        checked = check_files(session, settings, changes["fileset"], base, row.finetuning_type, given)
+        checked = check_files(session, settings, changes["fileset"], base, row.finetuning_type, given, access)
         if checked is not None:
             changes["lora_config"] = checked
     for field, value in changes.items():

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from modelyard.db.engine import insert_unique
 from modelyard.db.tables import Adapter
 from modelyard.errors import NotFound
-from modelyard.listing import FilterField, ListQuery, Pagination, run_list_query
+from modelyard.listing import FilterField, ListQuery, Pagination, in_workspaces, run_list_query
 
 FILTERS = {
     "name": FilterField("string", Adapter.name),
@@ -35,10 +37,11 @@ def add(session: Session, row: Adapter) -> Adapter:
     return row
 
 
-def list_(session: Session, workspace: str | None, query: ListQuery) -> tuple[list[Adapter], Pagination]:
-    stmt = select(Adapter)
-    if workspace is not None:
-        stmt = stmt.where(Adapter.workspace == workspace)
+def list_(
+    session: Session, workspace: str | Collection[str] | None, query: ListQuery
+) -> tuple[list[Adapter], Pagination]:
+    """One workspace's, several workspaces' (a ``-`` list: those the caller can read) or all."""
+    stmt = in_workspaces(select(Adapter), Adapter.workspace, workspace)
     return run_list_query(session, stmt, query, SORTS, Adapter.id)
 
 

@@ -74,13 +74,15 @@ def _host_allowed(host: str, allowed: frozenset[str]) -> bool:
 
 class Authenticate:
     def __init__(self, app: ASGIApp, *, authority: Callable[[], Authority], allowed_hosts: list[str],
-                 failures_per_minute: int, openai_surface: Callable[[str], bool]) -> None:
+                 failures_per_minute: int, openai_surface: Callable[[str], bool],
+                 trusted_workspaces: list[str] | None = None) -> None:
         self.app = app
         self.authority = authority
         hostname = socket.gethostname().lower()
         self.allowed_hosts = frozenset({h.lower() for h in allowed_hosts} | {hostname, socket.getfqdn().lower()})
         self.limiter = FailureLimiter(failures_per_minute)
         self.openai_surface = openai_surface
+        self.trusted = frozenset(trusted_workspaces or ())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -120,7 +122,10 @@ class Authenticate:
         header_ws = headers.get(WORKSPACE_HEADER)
         workspace = (header_ws.decode("latin-1") if header_ws else None) or access.principal.default_workspace \
             or "default"
-        need = requirement(scope["method"], path, workspace)
+        state = scope.setdefault("state", {})  # set before the checks: the audit trail names who was refused
+        state["access"] = access
+        state["workspace"] = workspace
+        need = requirement(scope["method"], path, workspace, self.trusted)
         try:
             if need.group is not None:
                 access.require_scope(need.group, need.write)
@@ -129,9 +134,6 @@ class Authenticate:
         except ServiceError as exc:
             await self._reject(scope, send, exc.status_code, exc.message, exc.code)
             return
-        state = scope.setdefault("state", {})
-        state["access"] = access
-        state["workspace"] = workspace
         await self.app(scope, receive, send)
 
     async def _reject(self, scope: Scope, send: Send, status: int, message: str, code: str,

@@ -42,8 +42,9 @@ def _write(method: str) -> bool:
     return method not in ("GET", "HEAD", "OPTIONS")
 
 
-def requirement(method: str, path: str, caller_workspace: str) -> Requirement:
-    """What ``method path`` needs; ``caller_workspace`` is the workspace ``/v1`` routes act in."""
+def requirement(method: str, path: str, caller_workspace: str, trusted: frozenset[str] = frozenset()) -> Requirement:
+    """What ``method path`` needs; ``caller_workspace`` is the workspace ``/v1`` routes act in.
+    ``trusted``: workspaces whose filesets may carry remote code, so only their Admins write files."""
     write = _write(method)
     match = _WORKSPACED.match(path)
     if match:
@@ -59,6 +60,8 @@ def requirement(method: str, path: str, caller_workspace: str) -> Requirement:
                                "deleting a workspace" if write else "reading a workspace")
         if service == "secrets" and rest.endswith("/access"):
             return Requirement("secrets", False, ws, "Editor", "reading a secret's value")
+        if service == "files" and write and ws in trusted:
+            return Requirement("files", True, ws, "Admin", "changing files in a trusted workspace")
         if service == "inference-gateway":
             return Requirement("inference", write, ws, "Viewer", "running inference")
         return Requirement(group, write, ws, "Editor" if write else "Viewer",

@@ -96,8 +96,8 @@ class AccessKeyStatusChange(WireModel):
 class Authenticated(WireModel):
     principal: str
     email: str | None = None
-    groups: list[str] = []
-    scopes: list[str] = []
+    groups: list[str] = Field(default_factory=list)
+    scopes: list[str] = Field(default_factory=list)
     jti: str | None = None
     token_kind: Literal["access_key", "oidc_access_token"]
     default_workspace: str | None = None
@@ -128,7 +128,7 @@ class RoleBinding(WireModel):
 
 class WorkspaceMemberInput(RequestModel):
     principal: PrincipalId
-    roles: Roles = ["Editor"]
+    roles: Roles = Field(default_factory=lambda: ["Editor"])
 
 
 class WorkspaceMemberUpdate(RequestModel):

@@ -8,8 +8,10 @@ from typing import Annotated, BinaryIO
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
+from modelyard.auth.deps import AccessDep
 from modelyard.db.session import SessionDep
 from modelyard.filesets import blobs, service, store
+from modelyard.filesets.disposition import download_headers
 from modelyard.filesets.schemas import (
     CreateFilesetRequest,
     FileEntry,
@@ -26,14 +28,14 @@ _out = {"response_model_exclude_none": True}
 
 
 @router.post("", response_model=Fileset, **_out)
-def create_fileset(workspace: str, body: CreateFilesetRequest, session: SessionDep) -> Fileset:
+def create_fileset(workspace: str, body: CreateFilesetRequest, session: SessionDep, request: Request) -> Fileset:
     """Create a fileset (200, as the reference answers). ``storage`` defaults to local disk."""
-    return service.create(session, workspace, body)
+    return service.create(session, workspace, body, settings=request.app.state.settings)
 
 
 @router.get("", response_model=Page[Fileset], **_out)
-def list_filesets(workspace: str, session: SessionDep, query: ListParams) -> Page[Fileset]:
-    return service.list_(session, workspace, query)
+def list_filesets(workspace: str, session: SessionDep, query: ListParams, access: AccessDep) -> Page[Fileset]:
+    return service.list_(session, workspace, query, access)
 
 
 @router.get("/{name}", response_model=Fileset, **_out)
@@ -69,7 +71,8 @@ async def upload_file(workspace: str, name: str, path: str, request: Request) ->
 
 
 def _headers(item, size: int) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    return {"Accept-Ranges": "bytes", "ETag": f'"{item.sha256}"', "Content-Length": str(size)}
+    return {"Accept-Ranges": "bytes", "ETag": f'"{item.sha256}"', "Content-Length": str(size),
+            **download_headers(item.path)}
 
 
 @router.get("/{name}/-/{path:path}", response_class=StreamingResponse,

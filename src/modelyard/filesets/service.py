@@ -28,6 +28,7 @@ import anyio
 from sqlalchemy.orm import Session
 from starlette.requests import ClientDisconnect, Request
 
+from modelyard.auth.principal import Access
 from modelyard.config import Settings
 from modelyard.db import tables
 from modelyard.db.engine import Database, new_id, utcnow
@@ -52,6 +53,7 @@ from modelyard.filesets.schemas import (
 from modelyard.listing import ListQuery, Page
 from modelyard.spec import Files
 from modelyard.storage import BlobStore, BlobWriter, FileStore, blob_area, cached_copy, open_blobs, open_store
+from modelyard.storage.policy import check_storage
 from modelyard.workspaces import store as workspace_store
 
 PREFIX = "/apis/files/v2/workspaces"
@@ -105,16 +107,18 @@ def file_store(settings: Settings, row: tables.Fileset) -> FileStore:
 
 def blob_store(settings: Settings, storage: dict[str, Any] | None) -> BlobStore:
     """The blob area of a fileset with ``storage``."""
+    check_storage(settings, storage)  # an endpoint or bucket the operator has since disallowed: 400, no request
     return open_blobs(settings.home, storage, _credentials(settings), settings.s3_part_size)
 
 
 # ----- filesets --------------------------------------------------------------------------------
 
 
-def create(session: Session, workspace: str, request: CreateFilesetRequest) -> Fileset:
+def create(session: Session, workspace: str, request: CreateFilesetRequest, *, settings: Settings) -> Fileset:
     workspace_store.require(session, workspace)
     now = utcnow()
     storage = request.storage.model_dump(exclude_none=True)
+    check_storage(settings, storage)  # before anything is stored or requested
     row = tables.Fileset(
         id=new_id("fileset"), workspace=workspace, name=request.name, description=request.description,
         purpose=request.purpose.value, storage_type=storage["type"], storage=storage, metadata_=request.metadata,
@@ -129,10 +133,11 @@ def get(session: Session, workspace: str, name: str) -> Fileset:
     return to_wire(store.get(session, workspace, name))
 
 
-def list_(session: Session, workspace: str, query: ListQuery) -> Page[Fileset]:
+def list_(session: Session, workspace: str, query: ListQuery, access: Access) -> Page[Fileset]:
+    """One workspace's filesets; ``-``: every workspace the caller can read."""
     if workspace != "-":
         workspace_store.require(session, workspace)
-    rows, pagination = store.list_(session, None if workspace == "-" else workspace, query)
+    rows, pagination = store.list_(session, workspace if workspace != "-" else access.workspaces(), query)
     return Page[Fileset](data=[to_wire(r) for r in rows], pagination=pagination, sort=query.sort, filter=query.echo)
 
 
@@ -384,11 +389,12 @@ async def delete_file(db: Database, settings: Settings, workspace: str, name: st
 # ----- for other domains: does a fileset exist, and where are its files locally ---------------------
 
 
-def require_fileset(session: Session, reference: str, *, non_empty: bool) -> tables.Fileset:
-    """400 when a model or adapter names a fileset that does not exist (or, for adapters, is empty)."""
+def require_fileset(session: Session, reference: str, *, non_empty: bool, access: Access) -> tables.Fileset:
+    """400 when a model or adapter names a fileset that does not exist (or, for adapters, is empty); one
+    in a workspace the caller cannot read is answered the same way (its name does not leak)."""
     workspace, _, name = reference.partition("/")
     row = store.find(session, workspace, name)
-    if row is None:
+    if row is None or not access.can(workspace):
         raise InvalidRequest(f"Fileset '{reference}' not found in workspace '{workspace}'")
     if non_empty and not store.files(session, row.id):
         raise InvalidRequest(f"Fileset '{reference}' exists but is empty")
@@ -409,6 +415,6 @@ def local_folder(session: Session, settings: Settings, reference: str, *, label:
     content under ``{home}/cache/filesets`` (hard links to local blobs, copies of S3 ones), renamed
     into place. Blobs never change, so a later upload never changes a folder an engine reads
     (``copy`` is kept for callers; every folder is such a snapshot)."""
-    row = require_fileset(session, reference, non_empty=True)
+    row = require_fileset(session, reference, non_empty=True, access=Access.local())  # the server's own read
     entries = [(f.path, f.size, f.sha256) for f in store.files(session, row.id)]
     return cached_copy(settings.home, label, blob_store(settings, row.storage), entries)

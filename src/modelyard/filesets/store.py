@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 
 from sqlalchemy import or_, select, update
@@ -11,7 +12,7 @@ from sqlalchemy.orm import Session
 from modelyard.db.engine import insert_unique
 from modelyard.db.tables import Adapter, BlobArea, Fileset, FilesetFile, Model
 from modelyard.errors import NotFound
-from modelyard.listing import FilterField, ListQuery, Pagination, run_list_query
+from modelyard.listing import FilterField, ListQuery, Pagination, in_workspaces, run_list_query
 
 FILTERS = {
     "name": FilterField("string", Fileset.name),
@@ -40,10 +41,11 @@ def add(session: Session, row: Fileset) -> Fileset:
     return row
 
 
-def list_(session: Session, workspace: str | None, query: ListQuery) -> tuple[list[Fileset], Pagination]:
-    stmt = select(Fileset)
-    if workspace is not None:
-        stmt = stmt.where(Fileset.workspace == workspace)
+def list_(
+    session: Session, workspace: str | Collection[str] | None, query: ListQuery
+) -> tuple[list[Fileset], Pagination]:
+    """One workspace's, several workspaces' (a ``-`` list: those the caller can read) or all."""
+    stmt = in_workspaces(select(Fileset), Fileset.workspace, workspace)
     return run_list_query(session, stmt, query, SORTS, Fileset.id)
 
 

@@ -1,4 +1,4 @@
-"""Model rules: fileset references, trust_remote_code policy, secret masking, PATCH merging."""
+"""Model rules: fileset references, trust_remote_code policy, the API key (encrypted, masked), PATCH merging."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from sqlalchemy.orm import Session
 
 from modelyard.adapters import service as adapter_service
 from modelyard.adapters.service import qualify
+from modelyard.auth.crypto import Keyring
+from modelyard.auth.principal import Access
 from modelyard.config import Settings
 from modelyard.db import tables
 from modelyard.db.engine import new_id, utcnow
@@ -26,6 +28,7 @@ from modelyard.models.schemas import (
     ModelSpec,
     UpdateModelEntityRequest,
 )
+from modelyard.secrets.service import merge_api_endpoint, seal_api_key, shown_api_endpoint
 from modelyard.spec import SpecError, inspect_checkpoint
 from modelyard.workspaces import store as workspace_store
 
@@ -35,18 +38,11 @@ _SCHEMA_OBJECTS = ("spec", "api_endpoint", "prompt")  # stored without their uns
 log = logging.getLogger("modelyard.models")
 
 
-def mask_secret(secret: str) -> str:
-    """All but the last four characters hidden; short secrets are hidden entirely."""
-    return "*" * len(secret) if len(secret) <= 4 else "*" * (len(secret) - 4) + secret[-4:]
-
-
-def to_wire(row: tables.Model, adapters: list[tables.Adapter], *, verbose: bool) -> ModelEntity:
+def to_wire(row: tables.Model, adapters: list[tables.Adapter], *, verbose: bool, keyring: Keyring) -> ModelEntity:
     spec = dict(row.spec) if row.spec is not None else None
     if spec is not None and not verbose:
         spec.pop("linear_layers", None)
-    api_endpoint = dict(row.api_endpoint) if row.api_endpoint is not None else None
-    if api_endpoint and api_endpoint.get("api_key"):
-        api_endpoint["api_key"] = mask_secret(api_endpoint["api_key"])
+    api_endpoint = shown_api_endpoint(keyring, row.api_endpoint)  # the key masked, never its ciphertext
     return ModelEntity(
         id=row.id,
         name=row.name,
@@ -70,9 +66,11 @@ def to_wire(row: tables.Model, adapters: list[tables.Adapter], *, verbose: bool)
     )
 
 
-def _check_trust(trust_remote_code: bool, fileset: str | None, trusted: Collection[str]) -> None:
-    """Remote code runs only from filesets in workspaces an operator has listed as trusted."""
-    if not trust_remote_code:
+def _check_trust(trust_remote_code: bool, fileset: str | None, trusted: Collection[str],
+                 access: Access, workspace: str) -> None:
+    """Remote code runs only from filesets in workspaces an operator has listed as trusted (whose
+    filesets only their Admins can write), or when the model's workspace Admin says so."""
+    if not trust_remote_code or (access.enforced and access.can(workspace, "Admin")):
         return
     if fileset is None:
         raise Forbidden(
@@ -88,10 +86,11 @@ def _check_trust(trust_remote_code: bool, fileset: str | None, trusted: Collecti
         )
 
 
-def _derive_spec(session: Session, settings: Settings, reference: str, name: str, given: dict[str, Any] | None) -> dict[str, Any] | None:
+def _derive_spec(session: Session, settings: Settings, reference: str, name: str, given: dict[str, Any] | None,
+                 access: Access) -> dict[str, Any] | None:
     """The spec read from the fileset's files, with any field the user gave winning; the user's spec
     alone when the files say nothing (no config.json: logged, not an error)."""
-    row = fileset_service.require_fileset(session, reference, non_empty=False)
+    row = fileset_service.require_fileset(session, reference, non_empty=False, access=access)
     try:
         derived = inspect_checkpoint(fileset_service.files_of(session, settings, row), name)
     except SpecError as exc:
@@ -108,34 +107,41 @@ def _derive_spec(session: Session, settings: Settings, reference: str, name: str
 
 
 def create(
-    session: Session, workspace: str, request: CreateModelEntityRequest, *, settings: Settings
+    session: Session, workspace: str, request: CreateModelEntityRequest, *, settings: Settings, keyring: Keyring,
+    access: Access,
 ) -> ModelEntity:
     workspace_store.require(session, workspace)
     fields = {k: v for k, v in _column_values(request).items() if v is not None and k != "name"}
     if "fileset" in fields:
         fields["fileset"] = qualify(fields["fileset"], workspace)
-        fields["spec"] = _derive_spec(session, settings, fields["fileset"], request.name, fields.get("spec"))
-    _check_trust(request.trust_remote_code, fields.get("fileset"), settings.trusted_fileset_workspaces)
+        fields["spec"] = _derive_spec(session, settings, fields["fileset"], request.name, fields.get("spec"), access)
+    _check_trust(request.trust_remote_code, fields.get("fileset"), settings.trusted_fileset_workspaces, access,
+                 workspace)
+    if "api_endpoint" in fields:
+        fields["api_endpoint"] = seal_api_key(keyring, fields["api_endpoint"])
     now = utcnow()
     row = tables.Model(id=new_id("model"), workspace=workspace, name=request.name, created_at=now, updated_at=now)
     for field, value in fields.items():
         setattr(row, field, value)
-    return to_wire(store.add(session, row), [], verbose=True)
+    return to_wire(store.add(session, row), [], verbose=True, keyring=keyring)
 
 
-def get(session: Session, workspace: str, name: str, *, verbose: bool = False) -> ModelEntity:
+def get(session: Session, workspace: str, name: str, *, verbose: bool = False, keyring: Keyring) -> ModelEntity:
     workspace_store.require(session, workspace)
     row = store.get(session, workspace, name)
-    return to_wire(row, store.adapters_of(session, [row.id])[row.id], verbose=verbose)
+    return to_wire(row, store.adapters_of(session, [row.id])[row.id], verbose=verbose, keyring=keyring)
 
 
-def list_(session: Session, workspace: str, query: ListQuery, *, verbose: bool = False) -> Page[ModelEntity]:
+def list_(
+    session: Session, workspace: str, query: ListQuery, *, verbose: bool = False, keyring: Keyring, access: Access
+) -> Page[ModelEntity]:
+    """One workspace's models; ``-``: every workspace the caller can read."""
     if workspace != "-":
         workspace_store.require(session, workspace)
-    rows, pagination = store.list_(session, None if workspace == "-" else workspace, query)
+    rows, pagination = store.list_(session, workspace if workspace != "-" else access.workspaces(), query)
     adapters = store.adapters_of(session, [r.id for r in rows])
     return Page[ModelEntity](
-        data=[to_wire(r, adapters[r.id], verbose=verbose) for r in rows],
+        data=[to_wire(r, adapters[r.id], verbose=verbose, keyring=keyring) for r in rows],
         pagination=pagination,
         sort=query.sort,
         filter=query.echo,
@@ -143,7 +149,8 @@ def list_(session: Session, workspace: str, query: ListQuery, *, verbose: bool =
 
 
 def update(
-    session: Session, workspace: str, name: str, request: UpdateModelEntityRequest, *, settings: Settings
+    session: Session, workspace: str, name: str, request: UpdateModelEntityRequest, *, settings: Settings,
+    keyring: Keyring, access: Access,
 ) -> ModelEntity:
     """Merge: fields left out keep their value; an explicit null clears the field."""
     workspace_store.require(session, workspace)
@@ -152,20 +159,18 @@ def update(
     if changes.get("fileset") is not None:
         changes["fileset"] = qualify(changes["fileset"], workspace)
         if "spec" not in changes or changes["spec"] is not None:
-            changes["spec"] = _derive_spec(session, settings, changes["fileset"], name, changes.get("spec"))
-    endpoint = changes.get("api_endpoint")
-    stored_key = (row.api_endpoint or {}).get("api_key")
-    if endpoint and stored_key and endpoint.get("api_key") == mask_secret(stored_key):
-        endpoint["api_key"] = stored_key  # a client echoing back what GET showed keeps the real key
+            changes["spec"] = _derive_spec(session, settings, changes["fileset"], name, changes.get("spec"), access)
+    if "api_endpoint" in changes:  # the masked key echoed back keeps the stored one, unless the url changed
+        changes["api_endpoint"] = merge_api_endpoint(keyring, row.api_endpoint, changes["api_endpoint"])
     _check_trust(
         changes.get("trust_remote_code", row.trust_remote_code), changes.get("fileset", row.fileset),
-        settings.trusted_fileset_workspaces,
+        settings.trusted_fileset_workspaces, access, workspace,
     )
     for field, value in changes.items():
         setattr(row, field, value)
     row.updated_at = utcnow()
     session.flush()
-    return to_wire(row, store.adapters_of(session, [row.id])[row.id], verbose=True)
+    return to_wire(row, store.adapters_of(session, [row.id])[row.id], verbose=True, keyring=keyring)
 
 
 def delete(session: Session, workspace: str, name: str) -> None:

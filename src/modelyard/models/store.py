@@ -3,7 +3,7 @@ fails in ``flush`` and becomes :class:`AlreadyExists`, so there is no read-then-
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from sqlalchemy import delete as sql_delete
 from sqlalchemy import exists, select
@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from modelyard.db.engine import insert_unique
 from modelyard.db.tables import Adapter, Model
 from modelyard.errors import NotFound
-from modelyard.listing import FilterField, ListQuery, Pagination, run_list_query
+from modelyard.listing import FilterField, ListQuery, Pagination, in_workspaces, run_list_query
 
 _HAS_ADAPTERS = exists().where(Adapter.model_id == Model.id)
 
@@ -46,10 +46,11 @@ def add(session: Session, row: Model) -> Model:
     return row
 
 
-def list_(session: Session, workspace: str | None, query: ListQuery) -> tuple[list[Model], Pagination]:
-    stmt = select(Model)
-    if workspace is not None:
-        stmt = stmt.where(Model.workspace == workspace)
+def list_(
+    session: Session, workspace: str | Collection[str] | None, query: ListQuery
+) -> tuple[list[Model], Pagination]:
+    """One workspace's, several workspaces' (a ``-`` list: those the caller can read) or all."""
+    stmt = in_workspaces(select(Model), Model.workspace, workspace)
     return run_list_query(session, stmt, query, SORTS, Model.id)
 
 
