@@ -94,8 +94,9 @@ def _reset(url: str) -> None:
 
 
 @pytest.fixture
-def settings(database_url: str, tmp_path: Path) -> Settings:
+def settings(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     _reset(database_url)
+    monkeypatch.setenv("MODELYARD_HOME", str(tmp_path / "home"))  # never the developer's own credentials
     return Settings(home=tmp_path / "home", database_url=database_url, trusted_fileset_workspaces=TRUSTED)
 
 
@@ -122,7 +123,7 @@ def as_user(client: Modelyard, principal: str, roles: dict[str, str] | None = No
     return Modelyard(client.base_url, http_client=client._http, api_key=key.token)
 
 
-def AUTH() -> dict[str, str]:  # noqa: N802 - reads like the constant it stands for
+def AUTH() -> dict[str, str]:
     """The ``Authorization`` header of the running ``live_server`` (its PlatformAdmin key)."""
     return {"Authorization": f"Bearer {os.environ['MODELYARD_API_KEY']}"}
 

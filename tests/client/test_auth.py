@@ -81,7 +81,7 @@ def test_lookup_prefers_the_server_entry_then_default(tmp_path: Path) -> None:
     assert creds.load_api_key("http://127.0.0.1:8000", home=home) == "login-key"
     assert creds.load_api_key("http://127.0.0.1:8000/", home=home) == "login-key"
     assert creds.load_api_key("http://LOCALHOST:8000", home=home) == "admin-key"  # another name: default
-    assert creds.load_api_key("https://other.example", home=home) == "admin-key"
+    assert creds.load_api_key("https://other.example", home=home) is None  # the local admin key stays local
 
 
 def test_lookup_without_default_is_none_for_other_servers(tmp_path: Path) -> None:
@@ -94,7 +94,8 @@ def test_lookup_without_default_is_none_for_other_servers(tmp_path: Path) -> Non
 def test_home_defaults_to_modelyard_home(_clean_env: Path) -> None:
     creds.save_default(None, "admin-key", "admin")
     assert (_clean_env / "credentials").is_file()
-    assert creds.load_api_key("http://anything") == "admin-key"
+    assert creds.load_api_key("http://localhost:8000") == "admin-key"
+    assert creds.load_api_key("http://anything") is None  # never sent to another machine
 
 
 def test_the_write_is_atomic_a_failed_write_leaves_the_old_file(tmp_path: Path,
@@ -181,10 +182,10 @@ def test_env_key_wins_over_the_file_and_the_argument_over_both(_clean_env: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     creds.save_default(_clean_env, "file-key", "admin")
     seen: list[httpx.Request] = []
-    Modelyard("http://server", http_client=_recording(seen)).health()
+    Modelyard("http://127.0.0.1:8000", http_client=_recording(seen)).health()
     monkeypatch.setenv("MODELYARD_API_KEY", "env-key")
-    Modelyard("http://server", http_client=_recording(seen)).health()
-    Modelyard("http://server", api_key="arg-key", http_client=_recording(seen)).health()
+    Modelyard("http://127.0.0.1:8000", http_client=_recording(seen)).health()
+    Modelyard("http://127.0.0.1:8000", api_key="arg-key", http_client=_recording(seen)).health()
     assert [r.headers["authorization"] for r in seen] == ["Bearer file-key", "Bearer env-key", "Bearer arg-key"]
 
 
@@ -195,8 +196,10 @@ def test_the_file_entry_for_the_url_is_used(_clean_env: Path, monkeypatch: pytes
     Modelyard("http://server:8000/", http_client=_recording(seen)).health()
     monkeypatch.setenv("MODELYARD_URL", "http://server:8000")
     Modelyard(http_client=_recording(seen)).health()
+    Modelyard("http://localhost:8000", http_client=_recording(seen)).health()
     Modelyard("http://elsewhere:8000", http_client=_recording(seen)).health()
-    assert [r.headers["authorization"] for r in seen] == ["Bearer alice-key", "Bearer alice-key", "Bearer admin-key"]
+    assert [r.headers.get("authorization") for r in seen] == [
+        "Bearer alice-key", "Bearer alice-key", "Bearer admin-key", None]
 
 
 def test_no_key_anywhere_sends_no_header() -> None:

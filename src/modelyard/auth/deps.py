@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 
 from modelyard.auth.principal import Access
 
@@ -18,3 +18,18 @@ def current_access(request: Request) -> Access:
 
 
 AccessDep = Annotated[Access, Depends(current_access)]
+
+
+def caller_workspace(
+    request: Request,
+    workspace: Annotated[str | None, Header(
+        alias="X-Modelyard-Workspace",
+        description="the workspace to act in; default: the access key's default workspace, else 'default'",
+    )] = None,
+) -> str:
+    """The workspace OpenAI- and Together-style routes act in, as the middleware resolved it (the
+    header, else the key's default workspace, else ``default``) and checked the caller's role there."""
+    return getattr(request.state, "workspace", None) or workspace or "default"
+
+
+CallerWorkspace = Annotated[str, Depends(caller_workspace)]

@@ -68,15 +68,15 @@ def requirement(method: str, path: str, caller_workspace: str, trusted: frozense
                            f"{'changing' if write else 'reading'} {service}")
     if path == "/apis/entities/v2/workspaces":
         return Requirement("iam", write, None, None, "creating a workspace" if write else "listing workspaces")
-    if path.startswith("/v1/endpoints") or path.startswith("/v1/hardware"):
+    if path.startswith(("/v1/endpoints", "/v1/hardware")):
         return Requirement("endpoints", write, caller_workspace, "Editor" if write else "Viewer",
                            "changing endpoints" if write else "reading endpoints", caller_workspace=True)
     if path in _INFERENCE or path.startswith("/v1/models/"):
         return Requirement("inference", write, caller_workspace, "Viewer", "running inference", caller_workspace=True)
-    if path.startswith("/apis/auth/v2/access-keys") or path.startswith("/apis/auth/authenticate"):
+    if path.startswith(("/apis/auth/v2/access-keys", "/apis/auth/authenticate")):
         return Requirement(None, write)
     if path.startswith("/apis/auth/v2/audit"):
         return Requirement("audit", write)
-    if path.startswith("/apis/auth/") or path.startswith("/apis/secrets/"):
+    if path.startswith(("/apis/auth/", "/apis/secrets/")):
         return Requirement("iam" if path.startswith("/apis/auth/") else "secrets", write)
     return Requirement(None, write)

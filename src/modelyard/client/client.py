@@ -140,7 +140,9 @@ class Modelyard:
         if api_key is None:
             api_key = load_api_key(self.base_url)
         self.api_key = api_key or None
-        self._http = http_client or httpx.Client(timeout=timeout)
+        # a pool of its own carries the key too, so raw requests on ``client._http`` are authenticated
+        own_headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else None
+        self._http = http_client or httpx.Client(timeout=timeout, headers=own_headers)
         self.max_retries = max_retries
         self.workspaces = Workspaces(self)
         self.models = Models(self)

@@ -91,7 +91,8 @@ def _entry_key(entry: Any) -> str | None:
 
 
 def load_api_key(base_url: str, home: str | os.PathLike[str] | None = None) -> str | None:
-    """The key saved for ``base_url`` (``servers``), else the ``default`` one, else None."""
+    """The key saved for ``base_url`` (``servers``), else the ``default`` one (the local server's first
+    admin key: only for a loopback URL, so it is never sent to another machine), else None."""
     data = read_credentials(home)
     servers = data.get("servers")
     if isinstance(servers, dict):
@@ -99,7 +100,10 @@ def load_api_key(base_url: str, home: str | os.PathLike[str] | None = None) -> s
         for url, entry in servers.items():
             if isinstance(url, str) and normalize_url(url) == wanted and _entry_key(entry):
                 return _entry_key(entry)
-    return _entry_key(data.get("default"))
+    host = (urlsplit(base_url).hostname or "").lower()
+    if host in ("127.0.0.1", "::1", "localhost") or host.endswith(".localhost"):
+        return _entry_key(data.get("default"))
+    return None
 
 
 def save_login(base_url: str, api_key: str, principal: str | None,

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 import anyio
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
+from modelyard.auth.deps import AccessDep, CallerWorkspace
 from modelyard.db.session import in_db
 from modelyard.endpoints import service
 from modelyard.endpoints.schemas import (
@@ -24,9 +25,6 @@ from modelyard.endpoints.schemas import (
 
 router = APIRouter(prefix="/v1", tags=["endpoints"])
 
-WorkspaceHeader = Annotated[
-    str, Header(alias="X-Modelyard-Workspace", description="the caller's workspace (until authentication lands)")
-]
 ERRORS = {400: {"description": "invalid request"}, 404: {"description": "no such endpoint, model or adapter"},
           409: {"description": "the adapter is bound elsewhere, or not bound"}}
 
@@ -39,18 +37,18 @@ async def list_hardware(model: str | None = None) -> HardwareList:
 
 @router.post("/endpoints", response_model=Endpoint, responses=ERRORS)
 async def create_endpoint(
-    body: CreateEndpointRequest, request: Request, workspace: WorkspaceHeader = "default"
+    body: CreateEndpointRequest, request: Request, workspace: CallerWorkspace, access: AccessDep
 ) -> Endpoint:
     settings, supervisor = request.app.state.settings, request.app.state.supervisor
     await run_in_threadpool(service.check_engine, settings, body.engine)
-    row = await in_db(request.app.state.db, lambda s: service.create(s, settings, workspace, body), write=True)
+    row = await in_db(request.app.state.db, lambda s: service.create(s, settings, workspace, body, access), write=True)
     supervisor.wake()
     return service.to_wire(row, supervisor)
 
 
 @router.get("/endpoints", response_model=EndpointList)
 async def list_endpoints(
-    request: Request, workspace: WorkspaceHeader = "default",
+    request: Request, workspace: CallerWorkspace,
     type: Literal["dedicated", "serverless"] | None = None, mine: bool | None = None,
     usage_type: Annotated[str | None, Query(description="accepted for Together compatibility; ignored")] = None,
 ) -> EndpointList:
@@ -59,14 +57,14 @@ async def list_endpoints(
 
 
 @router.get("/endpoints/{endpoint_id}", response_model=Endpoint, responses=ERRORS)
-async def get_endpoint(endpoint_id: str, request: Request, workspace: WorkspaceHeader = "default") -> Endpoint:
+async def get_endpoint(endpoint_id: str, request: Request, workspace: CallerWorkspace) -> Endpoint:
     row = await in_db(request.app.state.db, lambda s: service.get(s, workspace, endpoint_id))
     return service.to_wire(row, request.app.state.supervisor)
 
 
 @router.patch("/endpoints/{endpoint_id}", response_model=Endpoint, responses=ERRORS)
 async def update_endpoint(
-    endpoint_id: str, body: UpdateEndpointRequest, request: Request, workspace: WorkspaceHeader = "default"
+    endpoint_id: str, body: UpdateEndpointRequest, request: Request, workspace: CallerWorkspace
 ) -> Endpoint:
     row = await in_db(request.app.state.db, lambda s: service.update(s, workspace, endpoint_id, body), write=True)
     request.app.state.supervisor.wake()
@@ -74,7 +72,7 @@ async def update_endpoint(
 
 
 @router.delete("/endpoints/{endpoint_id}", status_code=204, responses=ERRORS)
-async def delete_endpoint(endpoint_id: str, request: Request, workspace: WorkspaceHeader = "default") -> Response:
+async def delete_endpoint(endpoint_id: str, request: Request, workspace: CallerWorkspace) -> Response:
     """Delete the endpoint, detaching its adapters and stopping its replicas before answering."""
     await in_db(request.app.state.db, lambda s: service.delete(s, workspace, endpoint_id), write=True)
     await request.app.state.supervisor.forget(endpoint_id)
@@ -83,7 +81,7 @@ async def delete_endpoint(endpoint_id: str, request: Request, workspace: Workspa
 
 @router.post("/endpoints/{endpoint_id}/adapters", response_model=AdapterModelId, responses=ERRORS)
 async def attach_adapter(
-    endpoint_id: str, body: AdapterModelId, request: Request, workspace: WorkspaceHeader = "default"
+    endpoint_id: str, body: AdapterModelId, request: Request, workspace: CallerWorkspace
 ) -> AdapterModelId:
     """Attach an adapter (``model_id`` = ``<endpoint_name>:<adapter_name>``); it is loaded into every
     running replica before this answers."""
@@ -93,13 +91,13 @@ async def attach_adapter(
 
 
 @router.get("/endpoints/{endpoint_id}/adapters", response_model=AttachedAdapterList, responses=ERRORS)
-async def list_adapters(endpoint_id: str, request: Request, workspace: WorkspaceHeader = "default") -> AttachedAdapterList:
+async def list_adapters(endpoint_id: str, request: Request, workspace: CallerWorkspace) -> AttachedAdapterList:
     return await in_db(request.app.state.db, lambda s: service.attached(s, workspace, endpoint_id))
 
 
 @router.delete("/endpoints/{endpoint_id}/adapters", response_model=AdapterRemoved, responses=ERRORS)
 async def detach_adapter(
-    endpoint_id: str, body: AdapterModelId, request: Request, workspace: WorkspaceHeader = "default"
+    endpoint_id: str, body: AdapterModelId, request: Request, workspace: CallerWorkspace
 ) -> AdapterRemoved:
     state = request.app.state
     return await service.detach(state.db, state.supervisor, workspace, endpoint_id, body.model_id)
@@ -111,7 +109,7 @@ async def detach_adapter(
                404: {"description": "no such endpoint, or no log for that replica"}},
 )
 async def endpoint_logs(
-    endpoint_id: str, request: Request, workspace: WorkspaceHeader = "default",
+    endpoint_id: str, request: Request, workspace: CallerWorkspace,
     tail: Annotated[int, Query(ge=0, le=10_000, description="how many of the last lines")] = 100,
     replica: Annotated[int | None, Query(ge=1, description="the replica's number (default: the newest)")] = None,
     offset: Annotated[int | None, Query(ge=0, description="read after this byte (X-Modelyard-Log-Offset "

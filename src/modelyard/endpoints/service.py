@@ -20,6 +20,7 @@ from typing import TypeVar
 import anyio
 from sqlalchemy.orm import Session
 
+from modelyard.auth.principal import Access
 from modelyard.config import Settings
 from modelyard.db import tables
 from modelyard.db.engine import Database, utcnow
@@ -152,13 +153,15 @@ def check_engine(settings: Settings, engine: str) -> None:
                        code="engine_unavailable")
 
 
-def create(session: Session, settings: Settings, workspace: str, request: CreateEndpointRequest) -> tables.Endpoint:
+def create(
+    session: Session, settings: Settings, workspace: str, request: CreateEndpointRequest, access: Access
+) -> tables.Endpoint:
     if session.get(tables.Workspace, workspace) is None:
         raise ApiError(404, f"Workspace '{workspace}' not found", code="workspace_not_found")
     reference = request.model if "/" in request.model else f"{workspace}/{request.model}"
     model_ws, _, model_name = reference.partition("/")
     model = model_store.find(session, model_ws, model_name)
-    if model is None:
+    if model is None or not access.can(model_ws):  # a workspace the caller cannot read hides its models
         raise ApiError(404, f"Model '{reference}' not found", code="model_not_found")
     if not model.fileset:
         raise ApiError(400, f"model '{reference}' has no fileset: an endpoint needs the checkpoint's files",

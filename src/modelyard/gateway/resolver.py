@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from modelyard.auth.principal import Access
 from modelyard.db import tables
 from modelyard.errors import ApiError
 
@@ -23,6 +24,8 @@ class Target:
     state: str
     engine_model: str
     scales_to_zero: bool = False
+    workspace: str = ""
+    """The endpoint's workspace (a public endpoint may be called from others' by those who can read it)."""
 
 
 def not_found(model: str) -> ApiError:
@@ -47,7 +50,8 @@ def _bound(session: Session, workspace: str, adapter_name: str, endpoint: tables
     if row is None:
         return None
     _, bound_to = row
-    return Target(bound_to.id, bound_to.name, bound_to.state, adapter_name, bound_to.min_replicas == 0)
+    return Target(bound_to.id, bound_to.name, bound_to.state, adapter_name, bound_to.min_replicas == 0,
+                  bound_to.workspace)
 
 
 def resolve(session: Session, workspace: str, model: str) -> Target:
@@ -62,7 +66,8 @@ def resolve(session: Session, workspace: str, model: str) -> Target:
         return target
     endpoint = session.scalar(select(tables.Endpoint).where(tables.Endpoint.name == model))
     if _visible(endpoint, workspace):
-        return Target(endpoint.id, endpoint.name, endpoint.state, endpoint.name, endpoint.min_replicas == 0)
+        return Target(endpoint.id, endpoint.name, endpoint.state, endpoint.name, endpoint.min_replicas == 0,
+                      endpoint.workspace)
     target = _bound(session, workspace, model)
     if target is None and model.count("/") == 1:
         adapter_ws, _, adapter_name = model.partition("/")
@@ -73,8 +78,9 @@ def resolve(session: Session, workspace: str, model: str) -> Target:
     return target
 
 
-def callable_models(session: Session, workspace: str) -> list[tuple[str, str | None, str]]:
-    """``(id, parent, owner)`` for everything a caller in ``workspace`` can send requests to."""
+def callable_models(session: Session, workspace: str, access: Access) -> list[tuple[str, str | None, str]]:
+    """``(id, parent, owner)`` for everything a caller in ``workspace`` can send requests to (public
+    endpoints of other workspaces only where the caller can read)."""
     if session.get(tables.Workspace, workspace) is None:  # as the registry answers for it
         raise ApiError(404, f"Workspace '{workspace}' not found", code="workspace_not_found")
     endpoints = session.scalars(
@@ -82,7 +88,7 @@ def callable_models(session: Session, workspace: str) -> list[tuple[str, str | N
             (tables.Endpoint.workspace == workspace) | (tables.Endpoint.visibility == "public")
         ).order_by(tables.Endpoint.created_at)
     ).all()
-    out: list[tuple[str, str | None, str]] = [(e.name, None, e.workspace) for e in endpoints]
+    out: list[tuple[str, str | None, str]] = [(e.name, None, e.workspace) for e in endpoints if access.can(e.workspace)]
     bound = session.execute(
         select(tables.EndpointAdapter.adapter_name, tables.Endpoint.name)
         .join(tables.Endpoint, tables.Endpoint.id == tables.EndpointAdapter.endpoint_id)

@@ -13,23 +13,23 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Any
 
 import httpx
-from fastapi import APIRouter, Header, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from modelyard.auth.deps import CallerWorkspace
 from modelyard.db.session import in_db
 from modelyard.endpoints.supervisor import Replica, Runtime, Supervisor
 from modelyard.errors import ApiError
-from modelyard.gateway.resolver import Target, callable_models, resolve
+from modelyard.gateway.resolver import Target, callable_models, not_found, resolve
 
 log = logging.getLogger("modelyard.gateway")
 router = APIRouter(tags=["inference"])
 PREFIX = "/apis/inference-gateway/v2/workspaces/{workspace}/openai/-"
 RETRY_AFTER_S = 5
 
-WorkspaceHeader = Annotated[str, Header(alias="X-Modelyard-Workspace")]
 
 
 async def _body(request: Request) -> dict[str, Any]:
@@ -56,11 +56,18 @@ async def _resolve(request: Request, supervisor: Supervisor, workspace: str, mod
     hit = cache.get(key)
     now = time.monotonic()
     if hit is not None and hit[0] > now:
-        return hit[1]
+        return _readable(request, hit[1], model)
     target = await in_db(request.app.state.db, lambda s: resolve(s, workspace, model))
     if len(cache) > 10_000:
         cache.clear()
     cache[key] = (now + _CACHE_TTL_S, target)
+    return _readable(request, target, model)
+
+
+def _readable(request: Request, target: Target, model: str) -> Target:
+    """A public endpoint of another workspace is callable only by those who can read that workspace."""
+    if not request.state.access.can(target.workspace):
+        raise not_found(model)
     return target
 
 
@@ -244,7 +251,7 @@ async def _relay(upstream: httpx.Response, replica: Replica, model: str) -> Asyn
 
 async def _models(request: Request, workspace: str) -> dict[str, Any]:
     created = int(time.time())
-    rows = await in_db(request.app.state.db, lambda s: callable_models(s, workspace))
+    rows = await in_db(request.app.state.db, lambda s: callable_models(s, workspace, request.state.access))
     return {"object": "list", "data": [
         {"id": model_id, "object": "model", "created": created, "owned_by": owner, "parent": parent}
         for model_id, parent, owner in rows
@@ -252,17 +259,17 @@ async def _models(request: Request, workspace: str) -> dict[str, Any]:
 
 
 @router.post("/v1/chat/completions", summary="Chat completion, routed by model name")
-async def chat_completions(request: Request, workspace: WorkspaceHeader = "default") -> Response:
+async def chat_completions(request: Request, workspace: CallerWorkspace) -> Response:
     return await _proxy(request, workspace, "/v1/chat/completions")
 
 
 @router.post("/v1/completions", summary="Text completion, routed by model name")
-async def completions(request: Request, workspace: WorkspaceHeader = "default") -> Response:
+async def completions(request: Request, workspace: CallerWorkspace) -> Response:
     return await _proxy(request, workspace, "/v1/completions")
 
 
 @router.get("/v1/models", summary="What the caller can send requests to: endpoints and attached adapters")
-async def models(request: Request, workspace: WorkspaceHeader = "default") -> dict[str, Any]:
+async def models(request: Request, workspace: CallerWorkspace) -> dict[str, Any]:
     return await _models(request, workspace)
 
 
