@@ -127,6 +127,17 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
+    def check_bind(self, host: str) -> None:
+        """Refuse to serve with auth off on an address other machines can reach, unless told to."""
+        if self.auth == "on" or self.allow_insecure:
+            return
+        loopback = host in ("localhost", "::1") or host.startswith("127.")
+        if not loopback:
+            raise ValueError(
+                f"authentication is off (MODELYARD_AUTH=off) and the server would listen on {host}, where other "
+                "machines can reach it: bind to 127.0.0.1, turn auth on, or set MODELYARD_ALLOW_INSECURE=1"
+            )
+
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:

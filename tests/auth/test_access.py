@@ -298,3 +298,13 @@ def test_secrets_never_leave_except_through_access(team: dict[str, Modelyard], c
     assert "s3cr3t-value" not in caplog.text
     audit = client.request("GET", "/apis/auth/v2/audit").json()["data"]
     assert audit and "s3cr3t-value" not in str(audit)
+
+
+def test_auth_off_is_refused_on_a_reachable_address(tmp_path: Path) -> None:
+    env = {**os.environ, "MODELYARD_HOME": str(tmp_path), "MODELYARD_AUTH": "off"}
+    env.pop("MODELYARD_ALLOW_INSECURE", None)
+    done = subprocess.run([sys.executable, "-m", "modelyard.cli.main", "serve", "--host", "0.0.0.0", "--port",
+                           str(free_port())], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1 and "MODELYARD_ALLOW_INSECURE" in done.stdout
+    Settings(auth="off", allow_insecure=True).check_bind("0.0.0.0")  # told to: allowed
+    Settings(auth="off").check_bind("127.0.0.1")

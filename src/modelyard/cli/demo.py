@@ -36,6 +36,7 @@ def _start_server(settings: Settings, host: str, port: int, console: Console) ->
     from modelyard.app import configure_logging, create_app
 
     settings.log_level = "WARNING"
+    settings.check_bind(host)
     configure_logging(settings)
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host=host, port=port, log_config=None,
                                            access_log=False))

@@ -78,6 +78,10 @@ def serve(
     from modelyard.config import Settings
 
     settings = Settings()
+    try:
+        settings.check_bind(host)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
     configure_logging(settings)
     console.print(Text(f"Modelyard on http://{host}:{port}  (docs: http://{host}:{port}/docs)"))
     uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False)
