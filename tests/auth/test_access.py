@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+import together
 from together import Together
 
 from modelyard.client import Modelyard
@@ -226,10 +227,9 @@ def test_the_official_sdks_work_with_only_a_key(client: Modelyard, live_server: 
     oa = openai.OpenAI(api_key=key.token, base_url=live_server + "/v1", max_retries=0)
     assert [m.id for m in oa.models.list()] == []  # team-b serves nothing yet; no header was sent
     assert tg.endpoints.list().data == []
-    with pytest.raises(Exception) as err:
+    with pytest.raises(together.NotFoundError):
         tg.endpoints.retrieve(their_endpoint.id)
-    assert "404" in str(err.value) or "not found" in str(err.value).lower()
-    with pytest.raises(Exception):
+    with pytest.raises(together.NotFoundError):
         tg.endpoints.adapters.add(their_endpoint.id, model_id=f"{their_endpoint.name}:pirate")
     with pytest.raises(openai.NotFoundError):
         oa.chat.completions.create(model="pirate", messages=[{"role": "user", "content": "hi"}])
