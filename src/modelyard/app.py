@@ -194,6 +194,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await supervisor.stop()
+            app.state.authority.close()
             db.dispose()
 
     app = FastAPI(

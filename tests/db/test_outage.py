@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 
 from modelyard.app import create_app
 from modelyard.config import Settings
-from tests.conftest import PG_ADMIN_URL, _reset, authorize
+from tests.conftest import AUTH, PG_ADMIN_URL, _reset, authorize
 
 KILL = ("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
         "WHERE datname = :name AND pid <> pg_backend_pid()")
@@ -56,7 +56,7 @@ def test_connections_killed_under_load_give_no_500_and_the_server_recovers(
     stop = threading.Event()
 
     def load(worker: int) -> None:
-        with httpx.Client(base_url=live_server, timeout=30) as http:
+        with httpx.Client(base_url=live_server, timeout=30, headers=AUTH()) as http:
             n = 0
             while not stop.is_set():
                 n += 1
@@ -85,7 +85,7 @@ def test_connections_killed_under_load_give_no_500_and_the_server_recovers(
     # (a read through in_db is tried once more on a fresh connection; a write is never retried and
     # may answer 503: the client may retry it)
     # recovered by itself: every request succeeds again
-    with httpx.Client(base_url=live_server, timeout=30) as http:
+    with httpx.Client(base_url=live_server, timeout=30, headers=AUTH()) as http:
         for _ in range(5):
             assert http.get("/v1/models").status_code == 200
             assert http.get(WORKSPACES).status_code == 200

@@ -341,7 +341,7 @@ def test_scales_out_under_load_and_back_in(app: FastAPI, registry: tuple[Modelya
     stop = threading.Event()
 
     def load() -> None:
-        with httpx.Client(timeout=120) as http:
+        with httpx.Client(timeout=120, headers=AUTH()) as http:
             while not stop.is_set():
                 http.post(live_server + "/v1/completions", json=body)
 

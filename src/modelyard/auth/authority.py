@@ -67,9 +67,57 @@ class _Snapshot:
     access: dict[Principal, Access] = field(default_factory=dict)
 
 
+class _GenerationReader:
+    """Reads the generation counter on one connection kept for it: a pool checkout, a transaction and
+    the ORM would cost several times the query itself, on every request. The connection runs in
+    autocommit, so each read sees the latest commit. Should it fail (a restarted database), it is
+    dropped and the read is made once on a pooled connection, whose errors are SQLAlchemy's (503)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._conn: Any = None
+        self._lock = threading.Lock()
+
+    def read(self) -> int:
+        with self._lock:
+            try:
+                if self._conn is None:
+                    self._conn = self.db.engine.raw_connection()
+                    if self.db.backend == "postgresql":
+                        self._conn.driver_connection.autocommit = True
+                cursor = self._conn.cursor()
+                try:
+                    cursor.execute(store.GENERATION_SQL)
+                    return int(cursor.fetchone()[0])
+                finally:
+                    cursor.close()
+            except Exception:  # noqa: BLE001 - any failure: drop the connection, read the pooled way
+                self.close_locked()
+        with self.db.engine.connect() as conn:
+            return store.generation(conn)
+
+    def close_locked(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.invalidate()
+            except Exception:  # noqa: BLE001 - already broken
+                log.debug("generation connection could not be closed cleanly")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                conn, self._conn = self._conn, None
+                conn.close()
+
+
 class Authority:
     def __init__(self, db: Database, keyring: Keyring, *, enabled: bool = True, oidc: Any = None) -> None:
         self.db = db
+        self.inline = db.backend == "sqlite"
+        """Authenticate on the event loop: a local SQLite read takes microseconds and cannot hang on a
+        network; with PostgreSQL the middleware hands it to a worker thread."""
+        self._generation = _GenerationReader(db)
         self.keyring = keyring
         self.enabled = enabled
         self.oidc = oidc  # an OidcVerifier, or None
@@ -237,16 +285,15 @@ class Authority:
 
     def _current(self) -> _Snapshot:
         """The snapshot for the database's current generation (reloaded when it moved)."""
-        with self.db.engine.connect() as conn:
-            generation = store.generation(conn)
-            snapshot = self._snapshot
-            if generation == snapshot.generation:
-                return snapshot
-            with self._lock:
-                if self._snapshot.generation == generation:
-                    return self._snapshot
-                self._snapshot = self._load(conn, generation)
+        generation = self._generation.read()
+        snapshot = self._snapshot
+        if generation == snapshot.generation:
+            return snapshot
+        with self._lock, self.db.engine.connect() as conn:
+            if self._snapshot.generation == generation:
                 return self._snapshot
+            self._snapshot = self._load(conn, generation)
+            return self._snapshot
 
     def _load(self, conn: Any, generation: int) -> _Snapshot:
         snapshot = _Snapshot(generation=generation, keys=store.key_states(conn))
@@ -261,6 +308,9 @@ class Authority:
             target[workspace] = max(RANK[role], target.get(workspace, 0))
         snapshot.platform_admins = frozenset(admins)
         return snapshot
+
+    def close(self) -> None:
+        self._generation.close()
 
     def invalidate(self) -> None:
         """Forget the snapshot (after this process changed keys or bindings, before it answers)."""

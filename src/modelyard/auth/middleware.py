@@ -108,8 +108,8 @@ class Authenticate:
                 return
         token = _token(headers)
         try:
-            access = (await anyio.to_thread.run_sync(authority.authenticate, token) if authority.enabled
-                      else authority.authenticate(token))
+            access = (await anyio.to_thread.run_sync(authority.authenticate, token)
+                      if authority.enabled and not authority.inline else authority.authenticate(token))
         except AuthError as exc:
             self.limiter.failed(client)
             await self._reject(scope, send, 401, f"Unauthorized: {exc.reason}", "unauthorized",
@@ -140,7 +140,7 @@ class Authenticate:
                       headers: dict[str, str] | None = None) -> None:
         if self.openai_surface(scope["path"]):
             kind = {401: "authentication_error", 403: "permission_error", 404: "invalid_request_error",
-                    429: "rate_limit_error"}.get(status, "invalid_request_error")
+                    429: "rate_limit_error", 503: "service_unavailable"}.get(status, "invalid_request_error")
             body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
         else:
             body = {"detail": message}

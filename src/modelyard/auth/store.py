@@ -13,6 +13,8 @@ from modelyard.db.tables import AccessKey, AuthGeneration, RoleBinding, SigningK
 from modelyard.errors import NotFound
 
 _GENERATION = select(AuthGeneration.value).where(AuthGeneration.id == 1)
+GENERATION_SQL = "SELECT value FROM auth_generation WHERE id = 1"
+"""The same read in plain SQL, for the connection the authority keeps for it (no ORM, no pool)."""
 
 
 def generation(conn: Connection | Session) -> int:
