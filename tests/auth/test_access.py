@@ -308,3 +308,16 @@ def test_auth_off_is_refused_on_a_reachable_address(tmp_path: Path) -> None:
     assert done.returncode == 1 and "MODELYARD_ALLOW_INSECURE" in done.stdout
     Settings(auth="off", allow_insecure=True).check_bind("0.0.0.0")  # told to: allowed
     Settings(auth="off").check_bind("127.0.0.1")
+
+
+def test_a_trusted_workspace_s_files_are_written_by_its_admins_only(client: Modelyard) -> None:
+    """Remote code may run from a trusted workspace's filesets, so an Editor there cannot change them."""
+    make_fileset(client, "trusted/ckpt")
+    editor = as_user(client, "ed@x", {"trusted": "Editor"})
+    admin = as_user(client, "ad@x", {"trusted": "Admin"})
+    path = "/apis/files/v2/workspaces/trusted/filesets/ckpt/-/modeling.py"
+    refused = _send(editor, "PUT", path, b"import os", None, "x")
+    assert refused.status_code == 403 and "Admin" in refused.json()["detail"]
+    assert _send(editor, "GET", "/apis/files/v2/workspaces/trusted/filesets/ckpt/-/README.md", None, None,
+                 "x").status_code == 200
+    assert _send(admin, "PUT", path, b"import os", None, "x").status_code == 200
