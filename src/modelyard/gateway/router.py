@@ -37,6 +37,10 @@ async def _body(request: Request) -> dict[str, Any]:
         body = await request.json()
     except ValueError:
         raise ApiError(400, "the request body must be a JSON object", code="invalid_json") from None
+    return _checked(body)
+
+
+def _checked(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
     if not isinstance(body.get("model"), str) or not body["model"]:
@@ -86,7 +90,19 @@ def _rewrite(line: str, model: str) -> str:
 
 
 async def _proxy(request: Request, workspace: str, path: str) -> Response:
-    body = await _body(request)
+    return await proxy(request, workspace, path, await _body(request))
+
+
+async def proxy_chat(request: Request, workspace: str, body: dict[str, Any]) -> Response:
+    """Send an OpenAI chat-completion ``body`` (already parsed, e.g. translated from another API)
+    through the gateway, exactly as ``POST /v1/chat/completions`` would."""
+    return await proxy(request, workspace, "/v1/chat/completions", body)
+
+
+async def proxy(request: Request, workspace: str, path: str, body: dict[str, Any]) -> Response:
+    """Route ``body`` by its ``model`` to a replica's ``path``; the answer (JSON, an error in OpenAI's
+    shape, or an SSE stream relayed as it arrives) with ``model`` set to the name the client used."""
+    body = _checked(body)
     requested = body["model"]
     supervisor: Supervisor = request.app.state.supervisor
     target = await _resolve(request, supervisor, workspace, requested)
