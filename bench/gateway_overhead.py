@@ -1,24 +1,46 @@
-"""Latency the gateway adds over calling the engine replica directly.
+"""Latency the gateway adds over calling the engine replica directly, and the server CPU auth costs.
 
-Runs a real server with one running endpoint (see serving_stack.py) and sends the same small
-completion request (an attached adapter, 4 new tokens, greedy) two ways: straight to the engine
-replica, and through the gateway by adapter name. Rounds alternate between the two paths so drift
-on the machine hits both alike. At each concurrency level it prints p50 and p99 for each path and
-their difference.
+Starts two real servers in the same run, each with one running endpoint (see serving_stack.py): one
+with ``MODELYARD_AUTH=off`` and one with auth on. On the auth-on server the bench reads the
+PlatformAdmin key the server wrote to its ``MODELYARD_HOME/credentials``, and with it mints a
+non-admin key (``bench@example.com``) whose default workspace is ``default``: the gateway requests
+carry that key, as an OpenAI SDK would (no ``X-Modelyard-Workspace``).
 
-Last line: ``added_p50_ms=X.XX added_p99_ms=Y.YY`` (at concurrency 1, where the difference is the
-gateway's own cost rather than queueing in the engine; both levels are printed above it).
+Each server gets the same small completion request (an attached adapter, 4 new tokens, greedy) two
+ways: straight to its engine replica, and through the gateway by adapter name. Rounds alternate
+between the paths and between the two servers so drift on the machine hits all alike. At each
+concurrency level it prints p50 and p99 per server and path and the gateway's added latency; then
+the server process's own CPU time (user+system, not its engine's) per gateway request, for each mode,
+measured over the gateway phases: raw, and less the server's background work (the supervisor), whose
+rate is measured while the engine is called directly.
+
+Last line: ``added_p50_ms=X.XX added_p99_ms=Y.YY`` (auth on, at the first concurrency level, where
+the difference is the gateway's own cost rather than queueing in the engine), then
+``raw_…`` figures, then ``cpu_off_ms_per_request=… cpu_on_ms_per_request=… ratio=…
+auth_cpu_ms_per_request=…`` (all levels pooled, background work taken out).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import httpx
+import psutil
+import serving_stack as stack_module
 from serving_stack import serving_stack
+
+from modelyard.client import Modelyard
+from modelyard.client.credentials import read_credentials
+
+MODES = ("off", "on")
+BENCH_PRINCIPAL = "bench@example.com"
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -26,7 +48,54 @@ def quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def measure(http: httpx.AsyncClient, url: str, body: dict, concurrency: int, requests: int) -> list[float]:
+def server_process(url: str) -> psutil.Process:
+    """The ``modelyard serve`` child of this process listening on ``url``'s port."""
+    port = url.rsplit(":", 1)[1]
+    for child in psutil.Process().children():
+        cmdline = child.cmdline()
+        if "serve" in cmdline and port in cmdline:
+            return child
+    raise SystemExit(f"no server process found for {url}")
+
+
+def cpu_seconds(proc: psutil.Process) -> float:
+    times = proc.cpu_times()
+    return times.user + times.system
+
+
+def _keyed_client(url: str, **kwargs: object) -> Modelyard:
+    """serving_stack's SDK client, with the key its server wrote (the home lies under tempfile.tempdir,
+    which the bench points at a folder of its own while that stack starts)."""
+    homes = list(Path(tempfile.gettempdir()).glob("modelyard-bench-*/home"))
+    key = None
+    for home in homes:
+        key = (read_credentials(home).get("default") or {}).get("api_key") or key
+    return Modelyard(url, api_key=key, **kwargs)  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def stack_for(mode: str, root: Path):
+    """A serving stack whose server runs with ``MODELYARD_AUTH=<mode>``."""
+    saved = os.environ.get("MODELYARD_AUTH"), tempfile.tempdir
+    os.environ["MODELYARD_AUTH"] = mode
+    tempfile.tempdir = str(root)
+    try:
+        context = serving_stack(adapters=1)
+        stack = context.__enter__()
+    finally:
+        tempfile.tempdir = saved[1]
+        if saved[0] is None:
+            os.environ.pop("MODELYARD_AUTH", None)
+        else:
+            os.environ["MODELYARD_AUTH"] = saved[0]
+    try:
+        yield stack
+    finally:
+        context.__exit__(None, None, None)
+
+
+async def measure(http: httpx.AsyncClient, url: str, body: dict, headers: dict, concurrency: int,
+                  requests: int) -> list[float]:
     latencies: list[float] = []
     remaining = [requests]
 
@@ -34,7 +103,7 @@ async def measure(http: httpx.AsyncClient, url: str, body: dict, concurrency: in
         while remaining[0] > 0:
             remaining[0] -= 1
             started = time.perf_counter()
-            response = await http.post(url, json=body)
+            response = await http.post(url, json=body, headers=headers)
             response.raise_for_status()
             latencies.append(time.perf_counter() - started)
 
@@ -42,45 +111,108 @@ async def measure(http: httpx.AsyncClient, url: str, body: dict, concurrency: in
     return latencies
 
 
-async def run(stack, levels: list[int], requests: int, rounds: int) -> dict[int, tuple[list[float], list[float]]]:
-    engine = stack.replica_url()
+def prepare(stack, mode: str) -> dict:
     adapter = stack.adapters[0]
     stack.client.endpoints.adapters.add(stack.endpoint.id, model_id=f"{stack.endpoint.name}:{adapter}")
-    body = {"model": adapter, "prompt": "Tell me about", "max_tokens": 4, "temperature": 0}
-    results: dict[int, tuple[list[float], list[float]]] = {}
+    headers: dict[str, str] = {}
+    if mode == "on":
+        admin = (read_credentials(stack.home).get("default") or {}).get("api_key")
+        if not admin:
+            raise SystemExit(f"no key in {stack.home}/credentials")
+        minted = httpx.post(stack.url + "/apis/auth/v2/access-keys", timeout=30,
+                            headers={"Authorization": f"Bearer {admin}"},
+                            json={"principal": BENCH_PRINCIPAL, "workspace": "default"})
+        if minted.status_code < 300:
+            headers = {"Authorization": f"Bearer {minted.json()['token']}"}
+        else:  # fall back on the admin key (its default workspace is `default` too)
+            print(f"minting a non-admin key failed ({minted.status_code}); using the admin key", flush=True)
+            headers = {"Authorization": f"Bearer {admin}"}
+    return {
+        "engine": stack.replica_url() + "/v1/completions",
+        "gateway": stack.url + "/v1/completions",
+        "headers": headers,
+        "proc": server_process(stack.url),
+        "body": {"model": adapter, "prompt": "Tell me about", "max_tokens": 4, "temperature": 0},
+    }
+
+
+async def run(targets: dict[str, dict], levels: list[int], requests: int, rounds: int) -> dict:
+    results: dict = {}
     limits = httpx.Limits(max_connections=128, max_keepalive_connections=128)
     async with httpx.AsyncClient(timeout=120, limits=limits) as http:
-        await measure(http, stack.url + "/v1/completions", body, 4, 20)  # warm-up
-        await measure(http, engine + "/v1/completions", body, 4, 20)
+        for t in targets.values():  # warm-up
+            await measure(http, t["gateway"], t["body"], t["headers"], 4, 20)
+            await measure(http, t["engine"], t["body"], {}, 4, 20)
         for concurrency in levels:
-            direct: list[float] = []
-            gateway: list[float] = []
-            for _ in range(rounds):
-                direct += await measure(http, engine + "/v1/completions", body, concurrency, requests // rounds)
-                gateway += await measure(http, stack.url + "/v1/completions", body, concurrency, requests // rounds)
-            results[concurrency] = (direct, gateway)
+            per_mode = {m: {"engine": [], "gateway": [], "cpu": 0.0, "n": 0, "idle_cpu": 0.0, "idle_s": 0.0,
+                            "busy_s": 0.0} for m in targets}
+            for r in range(rounds):
+                order = list(targets) if r % 2 == 0 else list(reversed(targets))
+                for mode in order:
+                    t, out = targets[mode], per_mode[mode]
+                    before, started = cpu_seconds(t["proc"]), time.perf_counter()
+                    out["engine"] += await measure(http, t["engine"], t["body"], {}, concurrency, requests // rounds)
+                    out["idle_cpu"] += cpu_seconds(t["proc"]) - before  # the server's background work
+                    out["idle_s"] += time.perf_counter() - started
+                    before, started = cpu_seconds(t["proc"]), time.perf_counter()
+                    out["gateway"] += await measure(http, t["gateway"], t["body"], t["headers"], concurrency,
+                                                    requests // rounds)
+                    out["cpu"] += cpu_seconds(t["proc"]) - before
+                    out["busy_s"] += time.perf_counter() - started
+                    out["n"] += requests // rounds
+            results[concurrency] = per_mode
     return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
-    parser.add_argument("--requests", type=int, default=400, help="per path and concurrency level")
+    parser.add_argument("--requests", type=int, default=400, help="per server, path and concurrency level")
     parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
-    with serving_stack(adapters=1) as stack:
-        results = asyncio.run(run(stack, args.concurrency, args.requests, args.rounds))
-    print("concurrency  path     p50_ms   p99_ms  (completion, 4 tokens, built-in engine, tiny model)")
-    added: dict[int, tuple[float, float]] = {}
-    for concurrency, (direct, gateway) in results.items():
-        for label, values in (("engine", direct), ("gateway", gateway)):
-            print(f"{concurrency:>11}  {label:<7} {quantile(values, 0.5) * 1000:8.2f} {quantile(values, 0.99) * 1000:8.2f}")
-        added[concurrency] = ((quantile(gateway, 0.5) - quantile(direct, 0.5)) * 1000,
-                              (quantile(gateway, 0.99) - quantile(direct, 0.99)) * 1000)
-        print(f"{concurrency:>11}  added   {added[concurrency][0]:8.2f} {added[concurrency][1]:8.2f}"
-              f"   (mean engine {statistics.mean(direct) * 1000:.2f} ms)")
+    original = stack_module.Modelyard
+    stack_module.Modelyard = _keyed_client  # serving_stack's client must carry the auth-on server's key
+    try:
+        with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp, contextlib.ExitStack() as stacks:
+            targets = {}
+            for mode in MODES:
+                root = Path(tmp) / mode
+                root.mkdir()
+                targets[mode] = prepare(stacks.enter_context(stack_for(mode, root)), mode)
+            results = asyncio.run(run(targets, args.concurrency, args.requests, args.rounds))
+    finally:
+        stack_module.Modelyard = original
+    print("auth concurrency  path     p50_ms   p99_ms  (completion, 4 tokens, built-in engine, tiny model)")
+    added: dict[tuple[str, int], tuple[float, float]] = {}
+    cpu = {m: [0.0, 0] for m in MODES}  # server CPU less its background work, requests
+    raw = {m: [0.0, 0] for m in MODES}
+    for concurrency, per_mode in results.items():
+        for mode, out in per_mode.items():
+            direct, gateway = out["engine"], out["gateway"]
+            for label, values in (("engine", direct), ("gateway", gateway)):
+                print(f"{mode:<4} {concurrency:>11}  {label:<7} {quantile(values, 0.5) * 1000:8.2f} "
+                      f"{quantile(values, 0.99) * 1000:8.2f}")
+            added[mode, concurrency] = ((quantile(gateway, 0.5) - quantile(direct, 0.5)) * 1000,
+                                        (quantile(gateway, 0.99) - quantile(direct, 0.99)) * 1000)
+            print(f"{mode:<4} {concurrency:>11}  added   {added[mode, concurrency][0]:8.2f} "
+                  f"{added[mode, concurrency][1]:8.2f}   (mean engine {statistics.mean(direct) * 1000:.2f} ms)")
+            background = out["idle_cpu"] / out["idle_s"] * out["busy_s"]
+            print(f"{mode:<4} {concurrency:>11}  server cpu {out['cpu'] / out['n'] * 1000:.3f} ms/request, "
+                  f"{(out['cpu'] - background) / out['n'] * 1000:.3f} without its background work "
+                  f"({out['idle_cpu'] / out['idle_s'] * 1000:.1f} ms/s while the engine was called directly)")
+            cpu[mode][0] += out["cpu"] - background
+            cpu[mode][1] += out["n"]
+            raw[mode][0] += out["cpu"]
+            raw[mode][1] += out["n"]
+    off, on = (cpu[m][0] / cpu[m][1] * 1000 for m in MODES)
+    raw_off, raw_on = (raw[m][0] / raw[m][1] * 1000 for m in MODES)
     first = args.concurrency[0]
-    print(f"added_p50_ms={added[first][0]:.2f} added_p99_ms={added[first][1]:.2f}")
+    print(f"added_p50_ms={added['on', first][0]:.2f} added_p99_ms={added['on', first][1]:.2f} "
+          f"added_p50_ms_auth_off={added['off', first][0]:.2f}")
+    print(f"raw_cpu_off_ms_per_request={raw_off:.3f} raw_cpu_on_ms_per_request={raw_on:.3f} "
+          f"raw_ratio={raw_on / raw_off:.3f} raw_auth_cpu_ms_per_request={raw_on - raw_off:.3f}")
+    print(f"cpu_off_ms_per_request={off:.3f} cpu_on_ms_per_request={on:.3f} ratio={on / off:.3f} "
+          f"auth_cpu_ms_per_request={on - off:.3f}")
 
 
 if __name__ == "__main__":
