@@ -105,6 +105,11 @@ def test_tool_use_is_translated_to_the_engine_and_errors_have_anthropics_shape(s
         client.messages.create(model="ghost", max_tokens=5, messages=PROMPT)
     assert missing.value.body == {"type": "error", "error": {"type": "not_found_error",
                                                              "message": "The model `ghost` does not exist."}}
+    with pytest.raises(anthropic.AuthenticationError) as unknown_key:
+        anthropic.Anthropic(api_key="not-a-key", base_url=serving, max_retries=0).messages.create(
+            model="pirate", max_tokens=5, messages=PROMPT)
+    assert unknown_key.value.body["type"] == "error"
+    assert unknown_key.value.body["error"]["type"] == "authentication_error"
     for body, field in (({"model": "pirate", "messages": PROMPT}, "max_tokens"),
                         ({"model": "pirate", "max_tokens": 5, "messages": PROMPT,
                           "thinking": {"type": "enabled", "budget_tokens": 1024}}, "thinking"),

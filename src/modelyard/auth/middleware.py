@@ -27,6 +27,7 @@ from modelyard.auth.authority import Authority
 from modelyard.auth.errors import AuthError
 from modelyard.auth.policy import PUBLIC, requirement
 from modelyard.errors import ServiceError
+from modelyard.gateway.anthropic import anthropic_error
 
 log = logging.getLogger("modelyard.auth")
 
@@ -138,7 +139,9 @@ class Authenticate:
 
     async def _reject(self, scope: Scope, send: Send, status: int, message: str, code: str,
                       headers: dict[str, str] | None = None) -> None:
-        if self.openai_surface(scope["path"]):
+        if scope["path"] == "/v1/messages":  # Anthropic's SDK reads Anthropic's error shape
+            body = anthropic_error(status, message)
+        elif self.openai_surface(scope["path"]):
             kind = {401: "authentication_error", 403: "permission_error", 404: "invalid_request_error",
                     429: "rate_limit_error", 503: "service_unavailable"}.get(status, "invalid_request_error")
             body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
