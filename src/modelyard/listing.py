@@ -49,7 +49,8 @@ class Page(BaseModel, Generic[T]):
     data: list[T]
     pagination: Pagination
     sort: str
-    filter: dict[str, Any]
+    filter: dict[str, Any] | None = None
+    """The filters applied; ``None`` (dropped from entity lists, as the reference does) when none."""
 
 
 @dataclass(frozen=True)
@@ -206,7 +207,7 @@ def run_list_query(
 
 def query_dependency(
     fields: Mapping[str, FilterField], *, default_page_size: int = DEFAULT_PAGE_SIZE,
-    max_page_size: int = MAX_PAGE_SIZE,
+    max_page_size: int = MAX_PAGE_SIZE, default_sort: str = "created_at",
 ) -> Callable[..., ListQuery]:
     """A FastAPI dependency that reads ``page``, ``page_size``, ``sort`` and ``filter[...]``."""
     def dependency(
@@ -214,7 +215,7 @@ def query_dependency(
         page: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page number, from 1")] = 1,
         # a plain default, not Annotated: the bounds are this closure's, which a string annotation cannot see
         page_size: int = Query(default_page_size, ge=1, le=max_page_size, description="Items per page"),
-        sort: Annotated[SortParam, Query(description="Sort field; prefix '-' for descending")] = "created_at",
+        sort: Annotated[SortParam, Query(description="Sort field; prefix '-' for descending")] = default_sort,  # type: ignore[assignment]
     ) -> ListQuery:
         return parse_list_query(request.query_params, fields, sort=sort, page=page, page_size=page_size)
 

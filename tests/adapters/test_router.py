@@ -92,7 +92,7 @@ def test_names_unique_per_workspace_across_base_models(base: Modelyard) -> None:
     base.adapters.create_for_model("default", "base-model", name="shared", fileset="fs1", finetuning_type="lora")
     with pytest.raises(ConflictError) as err:
         base.adapters.create_for_model("default", "other-base", name="shared", fileset="fs1", finetuning_type="lora")
-    assert err.value.detail == "Adapter with workspace 'default' and name 'shared' already exists"
+    assert err.value.detail == "Model adapter already exists: default/other-base/shared"
     make_fileset(base, "elsewhere/fs1")
     assert base.adapters.create("elsewhere", model="default/base-model", name="shared", fileset="fs1",
                                 finetuning_type="lora").workspace == "elsewhere"
@@ -142,7 +142,7 @@ def test_nested_patch_and_delete_check_the_model(base: Modelyard) -> None:
     assert base.adapters.update("default", "na", model_name="base-model", description="x").description == "x"
     with pytest.raises(NotFoundError) as err:
         base.adapters.update("default", "na", model_name="other-base", description="y")
-    assert err.value.detail == "Adapter 'na' not found for model 'default/other-base'"
+    assert err.value.detail == "Adapter na with workspace 'default' and model name 'other-base' not found"
     with pytest.raises(NotFoundError):
         base.adapters.delete("default", "na", model_name="other-base")
     with pytest.raises(NotFoundError):
@@ -156,7 +156,7 @@ def test_nested_patch_and_delete_check_the_model(base: Modelyard) -> None:
 def test_delete_and_get_missing(base: Modelyard) -> None:
     with pytest.raises(NotFoundError) as err:
         base.adapters.retrieve("default", "ghost")
-    assert err.value.detail == "Adapter with workspace 'default' and name 'ghost' not found"
+    assert err.value.detail == "Adapter 'ghost' not found in workspace 'default'"
     with pytest.raises(NotFoundError):
         base.adapters.delete("default", "ghost")
 

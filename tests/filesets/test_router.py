@@ -23,7 +23,8 @@ FS = "/apis/files/v2/workspaces/default/filesets"
 def test_fileset_crud_and_lists(client: Modelyard) -> None:
     created = client.filesets.create("default", name="weights", purpose="model", description="a checkpoint",
                                      metadata={"k": 1})
-    assert created.storage.type == "local" and created.purpose == "model" and created.metadata == {"k": 1}
+    assert created.storage.type == "local" and created.purpose == "model"
+    assert created.metadata.model_dump() == {"dataset": None, "model": None, "environment": None, "k": 1}
     response = client.request("POST", FS, json={"name": "other"})
     assert response.status_code == 200  # as the reference answers
     for i in range(11):
@@ -52,10 +53,11 @@ def test_upload_download_ranges_and_listing(client: Modelyard, settings: Setting
     data = bytes(range(256)) * 1000
     entry = client.filesets.upload_file("default", "files", "sub/dir/data.bin", data)
     assert entry.size == len(data) and entry.sha256 == hashlib.sha256(data).hexdigest()
-    assert entry.file_ref == "default/files#sub/dir/data.bin"
+    assert entry.file_ref == "default/files#sub/dir/data.bin" and entry.cache_status is None
     client.filesets.upload_file("default", "files", "config.json", b"{}")
     listed = client.filesets.list_files("default", "files")
     assert [(f.path, f.size) for f in listed.data] == [("config.json", 2), ("sub/dir/data.bin", len(data))]
+    assert {f.cache_status for f in listed.data} == {"not_cacheable"}  # as the reference lists local files
     assert [f.path for f in client.filesets.list_files("default", "files", path="sub").data] == ["sub/dir/data.bin"]
 
     url = f"{FS}/files/-/sub/dir/data.bin"
@@ -76,12 +78,36 @@ def test_upload_download_ranges_and_listing(client: Modelyard, settings: Setting
 
     replaced = client.filesets.upload_file("default", "files", "config.json", b'{"a": 1}')
     assert client.request("GET", f"{FS}/files/-/config.json").content == b'{"a": 1}' and replaced.size == 8
-    client.request("DELETE", f"{FS}/files/-/config.json")
+    gone = client.request("DELETE", f"{FS}/files/-/config.json")
+    assert gone.status_code == 200 and gone.json() == {  # the deleted file, as the reference answers
+        "file_ref": "default/files#config.json", "file_url": f"{FS}/files/-/config.json", "path": "config.json",
+        "size": 8, "cache_status": None, "sha256": replaced.sha256}
     with pytest.raises(NotFoundError):
         client.request("GET", f"{FS}/files/-/config.json")
+    with pytest.raises(NotFoundError):
+        client.filesets.delete_file("default", "files", "config.json")
+    client.filesets.upload_file("default", "files", "again.txt", b"x")
+    assert client.filesets.delete_file("default", "files", "again.txt").path == "again.txt"
     assert [f.path for f in client.filesets.list_files("default", "files").data] == ["sub/dir/data.bin"]
     client.filesets.delete("default", "files")
     assert blob_path(settings, entry.sha256).exists()  # the sweeper removes it, not the delete
+
+
+def test_fileset_shape_project_and_newest_first(client: Modelyard) -> None:
+    """Every key of a fileset, with the reference's defaults; ``project`` is kept; lists drop nulls and
+    list the newest first unless asked otherwise."""
+    created = client.request("POST", FS, json={"name": "plain"}).json()
+    assert {k: created[k] for k in ("description", "metadata", "custom_fields", "project")} == {
+        "description": "", "metadata": {"dataset": None, "model": None, "environment": None},
+        "custom_fields": {}, "project": ""}
+    client.filesets.create("default", name="second", project="nlp/team-a", custom_fields={"owner": "x"})
+    assert client.filesets.retrieve("default", "second").project == "nlp/team-a"
+    assert client.filesets.update("default", "second", project="asr").project == "asr"
+    raw = client.request("GET", FS).json()
+    assert raw["sort"] == "-created_at" and "filter" not in raw
+    assert [f["name"] for f in raw["data"]] == ["second", "plain"]
+    assert raw["data"][1]["metadata"] == {}  # its null members dropped, as in the reference's lists
+    assert [f.name for f in client.filesets.list("default", sort="created_at")] == ["plain", "second"]
 
 
 @pytest.mark.parametrize("path", ["a/%2E%2E/b", "a//b", "%2E/a", "a\\b", "a/%00b", "a/", "%2Fetc/passwd"])

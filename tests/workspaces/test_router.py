@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from modelyard.client import ConflictError, Modelyard, NotFoundError, UnprocessableEntityError
@@ -7,6 +9,22 @@ from tests.conftest import make_fileset
 def test_new_database_has_default_and_system(client: Modelyard) -> None:
     names = [w.name for w in client.workspaces.list().data]
     assert {"default", "system"} <= set(names)
+
+
+def test_workspaces_carry_id_and_who(client: Modelyard) -> None:
+    """``id`` is ``workspace-<base58>`` (the built-in ones got theirs from migration 0006);
+    ``created_by``/``updated_by`` are the creator's principal, null for the built-in ones."""
+    raw = client.request("POST", "/apis/entities/v2/workspaces", json={"name": "ids-team"}).json()
+    assert set(raw) == {"id", "name", "description", "created_at", "created_by", "updated_at", "updated_by"}
+    assert re.fullmatch(r"workspace-[1-9A-HJ-NP-Za-km-z]{22}", raw["id"])
+    assert raw["created_by"] and raw["created_by"] == raw["updated_by"] and raw["description"] is None
+    assert client.workspaces.retrieve("ids-team").id == raw["id"]
+    listed = client.request("GET", "/apis/entities/v2/workspaces").json()
+    assert listed["sort"] == "-created_at" and listed["filter"] is None  # as the reference lists them
+    assert listed["data"][0]["name"] == "ids-team"  # newest first
+    built_in = {w["name"]: w for w in listed["data"] if w["name"] in ("default", "system")}
+    assert all(w["id"].startswith("workspace-") and w["created_by"] is None for w in built_in.values())
+    assert len({w["id"] for w in listed["data"]}) == len(listed["data"])
 
 
 def test_create_get_delete(client: Modelyard) -> None:

@@ -20,7 +20,7 @@ from modelyard.listing import ListQuery, Page, query_dependency
 
 router = APIRouter(prefix="/apis/models/v2/workspaces/{workspace}", tags=["adapters"])
 ListParams = Annotated[ListQuery, Depends(query_dependency(store.FILTERS))]
-_out = {"response_model_exclude_none": True}
+_list = {"response_model_exclude_none": True}  # list items drop nulls; a single entity carries every key
 
 
 def _routing_changed(request: Request) -> Iterator[None]:
@@ -36,7 +36,7 @@ def _routing_changed(request: Request) -> Iterator[None]:
 RoutingChange = Annotated[None, Depends(_routing_changed, scope="function")]
 
 
-@router.post("/models/{model_name}/adapters", status_code=201, response_model=Adapter, **_out)
+@router.post("/models/{model_name}/adapters", status_code=201, response_model=Adapter)
 def create_model_adapter(
     workspace: str, model_name: str, body: CreateModelAdapterRequest, session: SessionDep, request: Request,
     access: AccessDep,
@@ -45,7 +45,7 @@ def create_model_adapter(
     return service.create_nested(session, request.app.state.settings, workspace, model_name, body, access)
 
 
-@router.patch("/models/{model_name}/adapters/{adapter}", response_model=Adapter, **_out)
+@router.patch("/models/{model_name}/adapters/{adapter}", response_model=Adapter)
 def update_model_adapter(
     workspace: str, model_name: str, adapter: str, body: UpdateAdapterRequest, _: RoutingChange,
     session: SessionDep, request: Request, access: AccessDep,
@@ -59,7 +59,7 @@ def delete_model_adapter(workspace: str, model_name: str, adapter: str, session:
     return Response(status_code=204)
 
 
-@router.post("/adapters", status_code=201, response_model=Adapter, **_out)
+@router.post("/adapters", status_code=201, response_model=Adapter)
 def create_adapter(
     workspace: str, body: CreateAdapterRequest, session: SessionDep, request: Request, access: AccessDep
 ) -> Adapter:
@@ -67,17 +67,17 @@ def create_adapter(
     return service.create(session, request.app.state.settings, workspace, body, access)
 
 
-@router.get("/adapters", response_model=Page[Adapter], **_out)
+@router.get("/adapters", response_model=Page[Adapter], **_list)
 def list_adapters(workspace: str, session: SessionDep, query: ListParams, access: AccessDep) -> Page[Adapter]:
     return service.list_(session, workspace, query, access)
 
 
-@router.get("/adapters/{name}", response_model=Adapter, **_out)
+@router.get("/adapters/{name}", response_model=Adapter)
 def get_adapter(workspace: str, name: str, session: SessionDep) -> Adapter:
     return service.get(session, workspace, name)
 
 
-@router.patch("/adapters/{name}", response_model=Adapter, **_out)
+@router.patch("/adapters/{name}", response_model=Adapter)
 def update_adapter(
     workspace: str, name: str, body: UpdateAdapterRequest, _: RoutingChange, session: SessionDep, request: Request,
     access: AccessDep,

@@ -88,7 +88,7 @@ def check_files(
 
 def _insert(
     session: Session, settings: Settings, workspace: str, base: tables.Model, request: CreateModelAdapterRequest,
-    access: Access,
+    access: Access, *, nested: bool = False,
 ) -> Adapter:
     now = utcnow()
     fileset = qualify(request.fileset, workspace)
@@ -108,7 +108,9 @@ def _insert(
         created_at=now,
         updated_at=now,
     )
-    return to_wire(store.add(session, row))
+    # the reference words the conflict after the route it came through
+    conflict = f"Model adapter already exists: {base.workspace}/{base.name}/{request.name}" if nested else None
+    return to_wire(store.add(session, row, conflict))
 
 
 def create_nested(
@@ -118,7 +120,7 @@ def create_nested(
     """``POST …/models/{model_name}/adapters``: the base model comes from the path."""
     workspace_store.require(session, workspace)
     base = model_store.get(session, workspace, model_name)
-    return _insert(session, settings, workspace, base, request, access)
+    return _insert(session, settings, workspace, base, request, access, nested=True)
 
 
 def create(
@@ -140,9 +142,9 @@ def _in_scope(session: Session, workspace: str, name: str, model_name: str | Non
     if model_name is None:
         return store.get(session, workspace, name)
     base = model_store.get(session, workspace, model_name)
-    row = store.get(session, workspace, name)
-    if row.model_id != base.id:
-        raise NotFound(f"Adapter '{name}' not found for model '{workspace}/{model_name}'")
+    row = store.find(session, workspace, name)
+    if row is None or row.model_id != base.id:
+        raise NotFound(f"Adapter {name} with workspace '{workspace}' and model name '{model_name}' not found")
     return row
 
 
@@ -155,7 +157,7 @@ def list_(session: Session, workspace: str, query: ListQuery, access: Access) ->
     if workspace != "-":
         workspace_store.require(session, workspace)
     rows, pagination = store.list_(session, workspace if workspace != "-" else access.workspaces(), query)
-    return Page[Adapter](data=[to_wire(r) for r in rows], pagination=pagination, sort=query.sort, filter=query.echo)
+    return Page[Adapter](data=[to_wire(r) for r in rows], pagination=pagination, sort=query.sort, filter=query.echo or None)
 
 
 def update(

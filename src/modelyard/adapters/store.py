@@ -25,15 +25,20 @@ FILTERS = {
 SORTS = {"name": Adapter.name, "created_at": Adapter.created_at, "updated_at": Adapter.updated_at}
 
 
+def find(session: Session, workspace: str, name: str) -> Adapter | None:
+    return session.scalar(select(Adapter).where(Adapter.workspace == workspace, Adapter.name == name))
+
+
 def get(session: Session, workspace: str, name: str) -> Adapter:
-    row = session.scalar(select(Adapter).where(Adapter.workspace == workspace, Adapter.name == name))
+    row = find(session, workspace, name)
     if row is None:
-        raise NotFound(f"Adapter with workspace '{workspace}' and name '{name}' not found")
+        raise NotFound(f"Adapter '{name}' not found in workspace '{workspace}'")
     return row
 
 
-def add(session: Session, row: Adapter) -> Adapter:
-    insert_unique(session, row, f"Adapter with workspace '{row.workspace}' and name '{row.name}' already exists")
+def add(session: Session, row: Adapter, conflict: str | None = None) -> Adapter:
+    """Insert; a name taken in the workspace (by an adapter of any base model) is 409 ``conflict``."""
+    insert_unique(session, row, conflict or f"Adapter with name '{row.name}' already exists in workspace '{row.workspace}'")
     return row
 
 

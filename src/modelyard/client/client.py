@@ -221,7 +221,7 @@ class Modelyard:
             data=[item.model_validate(d) for d in body["data"]],
             pagination=Pagination.model_validate(body["pagination"]),
             sort=body["sort"],
-            filter=body["filter"],
+            filter=body.get("filter") or {},  # absent (or null) when no filter was applied
             _next=fetch,
         )
 
@@ -638,6 +638,11 @@ class Filesets(_Resource):
             headers["Content-Length"] = str(os.path.getsize(source))
         url = f"{_files_path(workspace)}/{name}/-/{path}"
         return FileEntry.model_validate(self._client.request("PUT", url, content=content, headers=headers).json())
+
+    def delete_file(self, workspace: str, name: str, path: str) -> FileEntry:
+        """Delete one file of the fileset; returns the deleted file (the server answers 200 with it)."""
+        url = f"{_files_path(workspace)}/{name}/-/{path}"
+        return FileEntry.model_validate(self._client.request("DELETE", url).json())
 
     def download_file(self, workspace: str, name: str, path: str, target: str | os.PathLike[str], /, *,
                       progress: Callable[[int], None] | None = None) -> None:

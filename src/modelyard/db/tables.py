@@ -21,6 +21,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from modelyard.db.engine import new_id
+
 JsonType = JSON().with_variant(JSONB(), "postgresql")
 
 
@@ -30,8 +32,11 @@ class Base(DeclarativeBase):
 
 class Workspace(Base):
     __tablename__ = "workspaces"
+    __table_args__ = (Index("uq_workspaces_id", "id", unique=True),)
 
     name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    id: Mapped[str | None] = mapped_column(String(64), default=lambda: new_id("workspace"))
+    """``workspace-<base58>``; nullable only in the schema (migration 0006 filled every older row)."""
     description: Mapped[str | None] = mapped_column(Text)
     created_by: Mapped[str | None] = mapped_column(String(255))
     updated_by: Mapped[str | None] = mapped_column(String(255))
@@ -161,6 +166,7 @@ class Fileset(Base):
     )
     name: Mapped[str] = mapped_column(String(63), nullable=False)
     description: Mapped[str | None] = mapped_column(Text)
+    project: Mapped[str | None] = mapped_column(String(255))
     purpose: Mapped[str] = mapped_column(String(16), nullable=False)
     storage_type: Mapped[str] = mapped_column(String(16), nullable=False)
     storage: Mapped[dict[str, Any]] = mapped_column(JsonType, nullable=False)

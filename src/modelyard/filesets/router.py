@@ -23,32 +23,33 @@ from modelyard.listing import ListQuery, Page, query_dependency
 from modelyard.storage import CHUNK
 
 router = APIRouter(prefix="/apis/files/v2/workspaces/{workspace}/filesets", tags=["filesets"], lifespan=blobs.lifespan)
-ListParams = Annotated[ListQuery, Depends(query_dependency(store.FILTERS, default_page_size=10, max_page_size=100))]
-_out = {"response_model_exclude_none": True}
+ListParams = Annotated[ListQuery, Depends(query_dependency(store.FILTERS, default_page_size=10, max_page_size=100,
+                                                        default_sort="-created_at"))]
+_list = {"response_model_exclude_none": True}  # list items drop nulls; a single entity carries every key
 
 
-@router.post("", response_model=Fileset, **_out)
+@router.post("", response_model=Fileset)
 def create_fileset(workspace: str, body: CreateFilesetRequest, session: SessionDep, request: Request) -> Fileset:
     """Create a fileset (200, as the reference answers). ``storage`` defaults to local disk."""
     return service.create(session, workspace, body, settings=request.app.state.settings)
 
 
-@router.get("", response_model=Page[Fileset], **_out)
+@router.get("", response_model=Page[Fileset], **_list)
 def list_filesets(workspace: str, session: SessionDep, query: ListParams, access: AccessDep) -> Page[Fileset]:
     return service.list_(session, workspace, query, access)
 
 
-@router.get("/{name}", response_model=Fileset, **_out)
+@router.get("/{name}", response_model=Fileset)
 def get_fileset(workspace: str, name: str, session: SessionDep) -> Fileset:
     return service.get(session, workspace, name)
 
 
-@router.patch("/{name}", response_model=Fileset, **_out)
+@router.patch("/{name}", response_model=Fileset)
 def update_fileset(workspace: str, name: str, body: UpdateFilesetRequest, session: SessionDep) -> Fileset:
     return service.update(session, workspace, name, body)
 
 
-@router.delete("/{name}", response_model=Fileset, **_out)
+@router.delete("/{name}", response_model=Fileset)
 def delete_fileset(workspace: str, name: str, session: SessionDep, request: Request) -> Fileset:
     """Delete the fileset and its files (200 with what was deleted); 409 while a model or adapter uses it."""
     return service.delete(session, request.app.state.settings, workspace, name)
@@ -118,8 +119,8 @@ async def head_file(workspace: str, name: str, path: str, request: Request) -> R
     return Response(status_code=200, headers=_headers(item, item.size), media_type="application/octet-stream")
 
 
-@router.delete("/{name}/-/{path:path}", status_code=204, response_class=Response)
-async def delete_file(workspace: str, name: str, path: str, request: Request) -> Response:
+@router.delete("/{name}/-/{path:path}", response_model=FileEntry)
+async def delete_file(workspace: str, name: str, path: str, request: Request) -> FileEntry:
+    """Delete one file; 200 with the deleted file, as the reference answers."""
     state = request.app.state
-    await service.delete_file(state.db, state.settings, workspace, name, path)
-    return Response(status_code=204)
+    return await service.delete_file(state.db, state.settings, workspace, name, path)

@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from modelyard.workspaces.schemas import EntityName, RequestModel, WireModel
 
@@ -37,9 +37,13 @@ class S3Storage(RequestModel):
 Storage = Annotated[LocalStorage | S3Storage, Field(discriminator="type")]
 
 
+Project = Annotated[str, Field(max_length=255, pattern=r"^[\w\-./]*$")]
+
+
 class CreateFilesetRequest(RequestModel):
     name: EntityName
     description: str | None = None
+    project: Project | None = None
     purpose: Purpose = Purpose.GENERIC
     metadata: dict[str, Any] | None = None
     custom_fields: dict[str, Any] | None = None
@@ -48,6 +52,7 @@ class CreateFilesetRequest(RequestModel):
 
 class UpdateFilesetRequest(RequestModel):
     description: str | None = None
+    project: Project | None = None
     purpose: Purpose = Field(  # type: ignore[assignment]  # left out: unchanged; null is not a purpose
         default=None, description="generic, dataset or model; leave it out to keep the current one"
     )
@@ -55,15 +60,27 @@ class UpdateFilesetRequest(RequestModel):
     custom_fields: dict[str, Any] | None = None
 
 
+class FilesetMetadata(WireModel):
+    """What the fileset holds, as the reference shapes it: these three keys always, and any other the
+    client set."""
+
+    model_config = ConfigDict(extra="allow", regex_engine="python-re")
+
+    dataset: Any = None
+    model: Any = None
+    environment: Any = None
+
+
 class Fileset(WireModel):
     id: str
     name: str
     workspace: str
-    description: str | None = None
+    description: str = ""
     purpose: Purpose
-    metadata: dict[str, Any] | None = None
-    custom_fields: dict[str, Any] | None = None
     storage: LocalStorage | S3Storage
+    metadata: FilesetMetadata = Field(default_factory=FilesetMetadata)
+    custom_fields: dict[str, Any] = Field(default_factory=dict)
+    project: str = ""
     created_at: datetime
     updated_at: datetime
 
@@ -73,6 +90,9 @@ class FileEntry(WireModel):
     file_url: str = Field(description="where to GET the file on this server")
     path: str
     size: int
+    cache_status: str | None = Field(
+        default=None, description="'not_cacheable' in listings (files are served from their storage); null "
+        "in the answer to an upload or a delete, as the reference gives it")
     sha256: str
 
 

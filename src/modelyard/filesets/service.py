@@ -48,6 +48,7 @@ from modelyard.filesets.schemas import (
     FileEntry,
     FileList,
     Fileset,
+    FilesetMetadata,
     UpdateFilesetRequest,
 )
 from modelyard.listing import ListQuery, Page
@@ -88,8 +89,9 @@ async def storage_run(fn: Callable[..., T], *args: Any) -> T:
 
 def to_wire(row: tables.Fileset) -> Fileset:
     return Fileset(
-        id=row.id, name=row.name, workspace=row.workspace, description=row.description, purpose=row.purpose,
-        metadata=row.metadata_, custom_fields=row.custom_fields, storage=row.storage,
+        id=row.id, name=row.name, workspace=row.workspace, description=row.description or "", purpose=row.purpose,
+        metadata=FilesetMetadata(**(row.metadata_ or {})), custom_fields=row.custom_fields or {},
+        project=row.project or "", storage=row.storage,
         created_at=row.created_at.replace(tzinfo=UTC), updated_at=row.updated_at.replace(tzinfo=UTC),
     )
 
@@ -121,6 +123,7 @@ def create(session: Session, workspace: str, request: CreateFilesetRequest, *, s
     check_storage(settings, storage)  # before anything is stored or requested
     row = tables.Fileset(
         id=new_id("fileset"), workspace=workspace, name=request.name, description=request.description,
+        project=request.project,
         purpose=request.purpose.value, storage_type=storage["type"], storage=storage, metadata_=request.metadata,
         custom_fields=request.custom_fields, created_at=now, updated_at=now,
     )
@@ -138,7 +141,7 @@ def list_(session: Session, workspace: str, query: ListQuery, access: Access) ->
     if workspace != "-":
         workspace_store.require(session, workspace)
     rows, pagination = store.list_(session, workspace if workspace != "-" else access.workspaces(), query)
-    return Page[Fileset](data=[to_wire(r) for r in rows], pagination=pagination, sort=query.sort, filter=query.echo)
+    return Page[Fileset](data=[to_wire(r) for r in rows], pagination=pagination, sort=query.sort, filter=query.echo or None)
 
 
 def update(session: Session, workspace: str, name: str, request: UpdateFilesetRequest) -> Fileset:
@@ -236,11 +239,11 @@ async def locate(db: Database, settings: Settings, workspace: str, name: str) ->
     return Located(row, blob_store(settings, row.storage))
 
 
-def entry(row: tables.Fileset, item: tables.FilesetFile) -> FileEntry:
+def entry(row: tables.Fileset, item: tables.FilesetFile, cache_status: str | None = None) -> FileEntry:
     return FileEntry(
         file_ref=f"{row.workspace}/{row.name}#{item.path}",
         file_url=f"{PREFIX}/{row.workspace}/filesets/{row.name}/-/{item.path}",
-        path=item.path, size=item.size, sha256=item.sha256,
+        path=item.path, size=item.size, cache_status=cache_status, sha256=item.sha256,
     )
 
 
@@ -320,7 +323,7 @@ def record(session: Session, row: tables.Fileset, path: str, size: int, sha256: 
     meanwhile is 404, and its blob is left to the sweeper."""
     now = utcnow()
     if not store.touch(session, row.id, now):
-        raise NotFound(f"Fileset with workspace '{row.workspace}' and name '{row.name}' not found "
+        raise NotFound(f"Fileset '{row.name}' not found in workspace '{row.workspace}' "
                        "(it was deleted during the upload); nothing was stored")
     store.put_file(session, row.id, path, size, sha256, now)
 
@@ -371,11 +374,12 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
 async def list_files(db: Database, settings: Settings, workspace: str, name: str, path: str | None) -> FileList:
     located = await locate(db, settings, workspace, name)
     items = await in_db(db, lambda s: store.files(s, located.row.id, path))
-    return FileList(data=[entry(located.row, i) for i in items])
+    return FileList(data=[entry(located.row, i, "not_cacheable") for i in items])
 
 
-async def delete_file(db: Database, settings: Settings, workspace: str, name: str, path: str) -> None:
-    located, _ = await file_info(db, settings, workspace, name, path)
+async def delete_file(db: Database, settings: Settings, workspace: str, name: str, path: str) -> FileEntry:
+    """Forget the file; answers it as it was (the reference's 200 with the deleted file)."""
+    located, item = await file_info(db, settings, workspace, name, path)
 
     def forget(session: Session) -> None:  # the blob is left to the sweeper
         row = store.file(session, located.row.id, path)
@@ -384,6 +388,7 @@ async def delete_file(db: Database, settings: Settings, workspace: str, name: st
         session.flush()
 
     await in_db(db, forget, write=True)
+    return entry(located.row, item)
 
 
 # ----- for other domains: does a fileset exist, and where are its files locally ---------------------

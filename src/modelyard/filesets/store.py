@@ -32,12 +32,12 @@ def find(session: Session, workspace: str, name: str) -> Fileset | None:
 def get(session: Session, workspace: str, name: str) -> Fileset:
     row = find(session, workspace, name)
     if row is None:
-        raise NotFound(f"Fileset with workspace '{workspace}' and name '{name}' not found")
+        raise NotFound(f"Fileset '{name}' not found in workspace '{workspace}'")
     return row
 
 
 def add(session: Session, row: Fileset) -> Fileset:
-    insert_unique(session, row, f"Fileset with workspace '{row.workspace}' and name '{row.name}' already exists")
+    insert_unique(session, row, f"Fileset '{row.workspace}/{row.name}' already exists")
     return row
 
 

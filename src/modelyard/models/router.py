@@ -12,12 +12,14 @@ from modelyard.listing import ListQuery, Page, query_dependency
 from modelyard.models import service, store
 from modelyard.models.schemas import CreateModelEntityRequest, ModelEntity, UpdateModelEntityRequest
 
+# a single model carries every key of its schema (null, {} or []); list items drop their nulls, as the
+# reference's do
 router = APIRouter(prefix="/apis/models/v2/workspaces/{workspace}/models", tags=["models"])
 ListParams = Annotated[ListQuery, Depends(query_dependency(store.FILTERS))]
 Verbose = Annotated[bool, Query(description="Include spec.linear_layers")]
 
 
-@router.post("", status_code=201, response_model=ModelEntity, response_model_exclude_none=True)
+@router.post("", status_code=201, response_model=ModelEntity)
 def create_model(
     workspace: str, body: CreateModelEntityRequest, session: SessionDep, request: Request, access: AccessDep
 ) -> ModelEntity:
@@ -37,12 +39,12 @@ def list_models(
     return service.list_(session, workspace, query, verbose=verbose, keyring=request.app.state.keyring, access=access)
 
 
-@router.get("/{name}", response_model=ModelEntity, response_model_exclude_none=True)
+@router.get("/{name}", response_model=ModelEntity)
 def get_model(workspace: str, name: str, session: SessionDep, request: Request, verbose: Verbose = False) -> ModelEntity:
     return service.get(session, workspace, name, verbose=verbose, keyring=request.app.state.keyring)
 
 
-@router.patch("/{name}", response_model=ModelEntity, response_model_exclude_none=True)
+@router.patch("/{name}", response_model=ModelEntity)
 def update_model(
     workspace: str, name: str, body: UpdateModelEntityRequest, session: SessionDep, request: Request,
     access: AccessDep,

@@ -189,8 +189,8 @@ class ModelEntity(WireModel):
     base_model: str | None = None
     api_endpoint: APIEndpointData | None = None
     backend_format: BackendFormat | None = None
-    adapters: list[Adapter] | None = None
+    adapters: list[Adapter] = Field(default_factory=list)
     prompt: PromptData | None = None
-    custom_fields: dict[str, Any] | None = None
+    custom_fields: dict[str, Any] = Field(default_factory=dict)
     ownership: dict[str, Any] | None = None
-    model_providers: list[str] | None = None
+    model_providers: list[str] = Field(default_factory=list)

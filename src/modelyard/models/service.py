@@ -60,9 +60,9 @@ def to_wire(row: tables.Model, adapters: list[tables.Adapter], *, verbose: bool,
         backend_format=row.backend_format,
         adapters=[adapter_service.to_wire(a) for a in adapters],
         prompt=row.prompt,
-        custom_fields=row.custom_fields,
+        custom_fields=row.custom_fields or {},
         ownership=row.ownership,
-        model_providers=row.model_providers,
+        model_providers=row.model_providers or [],
     )
 
 
@@ -144,7 +144,7 @@ def list_(
         data=[to_wire(r, adapters[r.id], verbose=verbose, keyring=keyring) for r in rows],
         pagination=pagination,
         sort=query.sort,
-        filter=query.echo,
+        filter=query.echo or None,
     )
 
 

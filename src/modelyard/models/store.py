@@ -55,10 +55,11 @@ def list_(
 
 
 def adapters_of(session: Session, model_ids: Sequence[str]) -> dict[str, list[Adapter]]:
-    """Adapters of several models in one query (lists would otherwise do one per model)."""
+    """Adapters of several models in one query (lists would otherwise do one per model), newest
+    first as the reference embeds them."""
     grouped: dict[str, list[Adapter]] = {model_id: [] for model_id in model_ids}
     if model_ids:
-        stmt = select(Adapter).where(Adapter.model_id.in_(model_ids)).order_by(Adapter.created_at, Adapter.id)
+        stmt = select(Adapter).where(Adapter.model_id.in_(model_ids)).order_by(Adapter.created_at.desc(), Adapter.id.desc())
         for adapter in session.scalars(stmt):
             grouped[adapter.model_id].append(adapter)
     return grouped

@@ -13,7 +13,7 @@ from modelyard.workspaces import service, store
 from modelyard.workspaces.schemas import CreateWorkspaceRequest, Workspace
 
 router = APIRouter(prefix="/apis/entities/v2/workspaces", tags=["workspaces"])
-Query = Annotated[ListQuery, Depends(query_dependency(store.FILTERS))]
+Query = Annotated[ListQuery, Depends(query_dependency(store.FILTERS, default_sort="-created_at"))]
 
 
 @router.get("", response_model=Page[Workspace])

@@ -65,10 +65,11 @@ class CreateWorkspaceRequest(RequestModel):
 
 
 class Workspace(WireModel):
+    id: str = Field(description="workspace-<base58>")
     name: str
     description: str | None = None
-    created_by: str = ""
-    """The principal that created it (empty for the built-in ones and when auth is off)."""
-    updated_by: str = ""
     created_at: datetime
+    created_by: str | None = None
+    """The principal that created it: empty when auth is off, null for the built-in ones."""
     updated_at: datetime
+    updated_by: str | None = None

@@ -20,10 +20,11 @@ RESERVED = frozenset({"default", "system"})
 
 def to_wire(row: tables.Workspace) -> Workspace:
     return Workspace(
+        id=row.id or "",
         name=row.name,
         description=row.description,
-        created_by=row.created_by or "",
-        updated_by=row.updated_by or "",
+        created_by=row.created_by,
+        updated_by=row.updated_by,
         created_at=row.created_at.replace(tzinfo=UTC),
         updated_at=row.updated_at.replace(tzinfo=UTC),
     )
@@ -32,7 +33,7 @@ def to_wire(row: tables.Workspace) -> Workspace:
 def create(session: Session, access: Access, request: CreateWorkspaceRequest) -> Workspace:
     """Create the workspace; its creator becomes its Admin (in the same transaction)."""
     now = utcnow()
-    row = tables.Workspace(name=request.name, description=request.description, created_at=now, updated_at=now,
+    row = tables.Workspace(id=new_id("workspace"), name=request.name, description=request.description, created_at=now, updated_at=now,
                            created_by=access.who, updated_by=access.who)
     store.add(session, row)
     if access.enforced:
@@ -50,7 +51,7 @@ def list_(session: Session, access: Access, query: ListQuery) -> Page[Workspace]
     """The workspaces the caller has a role in (every one for a PlatformAdmin)."""
     rows, pagination = store.list_(session, query, access.workspaces())
     return Page[Workspace](
-        data=[to_wire(r) for r in rows], pagination=pagination, sort=query.sort, filter=query.echo
+        data=[to_wire(r) for r in rows], pagination=pagination, sort=query.sort, filter=query.echo or None
     )
 
 

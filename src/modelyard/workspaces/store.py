@@ -33,7 +33,7 @@ def require(session: Session, name: str) -> None:
 
 
 def add(session: Session, row: Workspace) -> Workspace:
-    insert_unique(session, row, f"Workspace with name '{row.name}' already exists")
+    insert_unique(session, row, f"Workspace '{row.name}' already exists")
     return row
 
 
