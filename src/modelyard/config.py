@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     supervisor_interval: float = 2.0
     """Seconds between the supervisor's passes over the endpoints (it also wakes on every change)."""
 
+    provider_poll_interval: float = 30.0
+    """Seconds between asks of every model provider's ``/v1/models`` (for ``served_models`` and ``status``;
+    also at once when a provider is created or replaced)."""
+
     supervisor_max_backoff: float = 30.0
     """Longest pause, in seconds, between supervisor passes while they fail (a database outage)."""
 

@@ -308,3 +308,37 @@ class AuditEvent(Base):
     status: Mapped[int] = mapped_column(Integer, nullable=False)
     outcome: Mapped[str] = mapped_column(String(16), nullable=False)  # success | denied | failed
     request_id: Mapped[str | None] = mapped_column(String(64))
+
+
+class ModelProvider(Base):
+    """An upstream OpenAI-compatible server (``host_url``) that serves registry models; its API key is
+    the workspace secret ``api_key_secret_name``, read only when the gateway calls it."""
+
+    __tablename__ = "model_providers"
+    __table_args__ = (
+        UniqueConstraint("workspace", "name", name="uq_model_providers_workspace_name"),
+        Index("ix_model_providers_created_at", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    workspace: Mapped[str] = mapped_column(
+        String(63), ForeignKey("workspaces.name", ondelete="CASCADE"), nullable=False
+    )
+    name: Mapped[str] = mapped_column(String(63), nullable=False)
+    project: Mapped[str | None] = mapped_column(String(255))
+    description: Mapped[str | None] = mapped_column(Text)
+    host_url: Mapped[str] = mapped_column(String(2048), nullable=False)
+    api_key_secret_name: Mapped[str | None] = mapped_column(String(255))
+    served_models: Mapped[list[dict[str, str]] | None] = mapped_column(JsonType)
+    enabled_models: Mapped[list[str] | None] = mapped_column(JsonType)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    status_message: Mapped[str] = mapped_column(Text, nullable=False)
+    default_extra_body: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+    default_extra_headers: Mapped[dict[str, str] | None] = mapped_column(JsonType)
+    required_extra_body: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+    required_extra_headers: Mapped[dict[str, str] | None] = mapped_column(JsonType)
+    model_deployment_id: Mapped[str | None] = mapped_column(String(255))
+    auth_header_format: Mapped[str | None] = mapped_column(String(1024))
+    created_by: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)

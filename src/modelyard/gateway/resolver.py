@@ -8,6 +8,7 @@ loaded into engines under their own name and the base model under the endpoint's
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -26,6 +27,9 @@ class Target:
     scales_to_zero: bool = False
     workspace: str = ""
     """The endpoint's workspace (a public endpoint may be called from others' by those who can read it)."""
+    prompt: dict[str, Any] | None = None
+    """The registry model's ``prompt`` (the base model's for an endpoint, the adapter's model's for an
+    adapter), applied by the gateway to each request."""
 
 
 def not_found(model: str) -> ApiError:
@@ -38,9 +42,10 @@ def _visible(endpoint: tables.Endpoint | None, workspace: str) -> bool:
 
 def _bound(session: Session, workspace: str, adapter_name: str, endpoint: tables.Endpoint | None = None) -> Target | None:
     stmt = (
-        select(tables.EndpointAdapter, tables.Endpoint)
+        select(tables.EndpointAdapter, tables.Endpoint, tables.Model.prompt)
         .join(tables.Endpoint, tables.Endpoint.id == tables.EndpointAdapter.endpoint_id)
         .join(tables.Adapter, tables.Adapter.id == tables.EndpointAdapter.adapter_id)
+        .join(tables.Model, tables.Model.id == tables.Adapter.model_id)
         .where(tables.EndpointAdapter.workspace == workspace, tables.EndpointAdapter.adapter_name == adapter_name,
                tables.Adapter.enabled.is_(True))
     )
@@ -49,9 +54,9 @@ def _bound(session: Session, workspace: str, adapter_name: str, endpoint: tables
     row = session.execute(stmt).first()
     if row is None:
         return None
-    _, bound_to = row
+    _, bound_to, prompt = row
     return Target(bound_to.id, bound_to.name, bound_to.state, adapter_name, bound_to.min_replicas == 0,
-                  bound_to.workspace)
+                  bound_to.workspace, prompt or None)
 
 
 def resolve(session: Session, workspace: str, model: str) -> Target:
@@ -66,8 +71,9 @@ def resolve(session: Session, workspace: str, model: str) -> Target:
         return target
     endpoint = session.scalar(select(tables.Endpoint).where(tables.Endpoint.name == model))
     if _visible(endpoint, workspace):
+        prompt = session.scalar(select(tables.Model.prompt).where(tables.Model.id == endpoint.model_id))
         return Target(endpoint.id, endpoint.name, endpoint.state, endpoint.name, endpoint.min_replicas == 0,
-                      endpoint.workspace)
+                      endpoint.workspace, prompt or None)
     target = _bound(session, workspace, model)
     if target is None and model.count("/") == 1:
         adapter_ws, _, adapter_name = model.partition("/")

@@ -23,6 +23,9 @@ from modelyard.auth.deps import CallerWorkspace
 from modelyard.db.session import in_db
 from modelyard.endpoints.supervisor import Replica, Runtime, Supervisor
 from modelyard.errors import ApiError
+from modelyard.gateway.prompt import apply as apply_prompt
+from modelyard.gateway.registry import call_registry
+from modelyard.gateway.registry import listed as registry_models
 from modelyard.gateway.resolver import Target, callable_models, not_found, resolve
 
 log = logging.getLogger("modelyard.gateway")
@@ -105,7 +108,12 @@ async def proxy(request: Request, workspace: str, path: str, body: dict[str, Any
     body = _checked(body)
     requested = body["model"]
     supervisor: Supervisor = request.app.state.supervisor
-    target = await _resolve(request, supervisor, workspace, requested)
+    try:
+        target = await _resolve(request, supervisor, workspace, requested)
+    except ApiError as exc:  # not one of our endpoints or adapters: what the registry describes, if anything
+        if exc.code != "model_not_found":
+            raise
+        return await call_registry(request, workspace, path, body)
     runtime = supervisor.runtimes.get(target.endpoint_id)
     replica = runtime.pick() if runtime is not None else None
     if replica is None and target.state == "STARTED" and target.scales_to_zero:
@@ -117,6 +125,8 @@ async def proxy(request: Request, workspace: str, path: str, body: dict[str, Any
         runtime.last_request = time.monotonic()  # for inactive_timeout
     if runtime is not None and runtime.in_flight + 1 > supervisor.settings.replica_target_in_flight * len(runtime.replicas):
         supervisor.wake()  # time to scale out
+    if target.prompt is not None:  # the registry model's system prompt and inference parameters
+        body = apply_prompt(body, target.prompt)
     upstream, replica = await _send(supervisor, runtime, replica, path, {**body, "model": target.engine_model})
     is_stream = upstream.headers.get("content-type", "").startswith("text/event-stream")
     if not is_stream:
@@ -268,6 +278,7 @@ async def _relay(upstream: httpx.Response, replica: Replica, model: str) -> Asyn
 async def _models(request: Request, workspace: str) -> dict[str, Any]:
     created = int(time.time())
     rows = await in_db(request.app.state.db, lambda s: callable_models(s, workspace, request.state.access))
+    rows += [(model_id, None, owner) for model_id, owner in await registry_models(request, workspace)]
     return {"object": "list", "data": [
         {"id": model_id, "object": "model", "created": created, "owned_by": owner, "parent": parent}
         for model_id, parent, owner in rows
