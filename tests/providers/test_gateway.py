@@ -237,3 +237,17 @@ def test_anthropic_backend_format(live_server: str, http: httpx.Client, upstream
     with pytest.raises(openai.BadRequestError) as caught:  # what Anthropic cannot express: 400 naming the field
         sdk.chat.completions.create(model="claude", messages=[{"role": "user", "content": "hi"}], n=2)
     assert "'n'" in str(caught.value)
+
+
+def test_served_models_name_the_entities_that_use_the_provider(live_server: str, http: httpx.Client,
+                                                               upstream: tuple[Recorder, str]) -> None:
+    _, url = upstream
+    http.post(MODELS, json={"name": "mine", "model_providers": ["prov"], "api_endpoint": {"model_id": "other-model"}})
+    http.post(MODELS, json={"name": "not-served", "model_providers": ["prov"], "api_endpoint": {"model_id": "absent"}})
+    provider = _provider(http, url)
+    assert provider["status"] == "READY"
+    assert provider["served_models"] == [
+        {"model_entity_id": "default/up-model", "served_model_name": "up-model"},
+        {"model_entity_id": "default/other-model", "served_model_name": "other-model"},
+        {"model_entity_id": "default/mine", "served_model_name": "other-model"},
+    ]

@@ -137,6 +137,7 @@ class ProviderPoller:
         return _Result(probe, ids, "")
 
     def _record(self, session: Session, results: list[_Result]) -> None:
+        with_providers = [m for m in session.scalars(select(tables.Model)) if m.model_providers]
         for result in results:
             probe = result.probe
             row = session.get(tables.ModelProvider, probe.id)
@@ -145,18 +146,18 @@ class ProviderPoller:
             if result.ids is None:
                 status, served = "ERROR", row.served_models
             else:
-                status, served = "READY", self._served(session, row, result.ids)
+                status, served = "READY", self._served(with_providers, row, result.ids)
             if (row.status, row.status_message, row.served_models) != (status, result.message, served):
                 row.status, row.status_message, row.served_models = status, result.message, served
                 row.updated_at = utcnow()
                 log.info("provider status", extra={"provider": f"{row.workspace}/{row.name}", "status": status})
 
     @staticmethod
-    def _served(session: Session, row: tables.ModelProvider, ids: tuple[str, ...]) -> list[dict[str, str]]:
+    def _served(models: list[tables.Model], row: tables.ModelProvider, ids: tuple[str, ...]) -> list[dict[str, str]]:
         served: dict[str, str] = {f"{row.workspace}/{i}": i for i in ids}
-        refs = {f"{row.workspace}/{row.name}", row.name}
-        for model in session.scalars(select(tables.Model)):
-            if not any(ref in refs if "/" in ref else (model.workspace == row.workspace and ref == row.name)
+        qualified = f"{row.workspace}/{row.name}"
+        for model in models:
+            if not any(ref == qualified or (ref == row.name and model.workspace == row.workspace)
                        for ref in model.model_providers or []):
                 continue
             name = (model.api_endpoint or {}).get("model_id") or model.name
