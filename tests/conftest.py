@@ -89,7 +89,11 @@ def _reset(url: str) -> None:
         # each test's server has its own home, so its own keyring: keys signed under another are unreadable
         session.execute(sa.text("DELETE FROM access_keys"))
         session.execute(sa.text("DELETE FROM signing_keys"))
-        session.execute(sa.text("DELETE FROM role_bindings WHERE NOT (principal = '*' AND workspace IN ('default', 'system'))"))
+        session.execute(sa.text("DELETE FROM role_bindings"))  # then the built-in shares, as migration 0005 seeds them
+        for workspace, role in (("default", "Editor"), ("system", "Viewer")):
+            session.execute(sa.text("INSERT INTO role_bindings (id, principal, workspace, role, granted_by, granted_at) "
+                                    "VALUES (:id, '*', :ws, :role, 'system', CURRENT_TIMESTAMP)"),
+                            {"id": f"rb-seed-{workspace}", "ws": workspace, "role": role})
         session.execute(sa.text("UPDATE auth_generation SET value = value + 1"))
     db.dispose()
 

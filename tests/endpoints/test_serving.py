@@ -184,7 +184,8 @@ def test_a_replica_killed_mid_stream_ends_the_stream_with_an_error_event(
     (pid,) = pids(app, endpoint.id)
     body = {"model": endpoint.name, "messages": PROMPT, "max_tokens": 400, "temperature": 0, "stream": True}
     lines: list[str] = []
-    with httpx.stream("POST", live_server + "/v1/chat/completions", json=body, timeout=60) as response:
+    with httpx.stream("POST", live_server + "/v1/chat/completions", json=body, timeout=60,
+                      headers=AUTH()) as response:
         assert response.status_code == 200
         for line in response.iter_lines():
             lines.append(line)
