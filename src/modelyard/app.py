@@ -38,10 +38,13 @@ from modelyard.endpoints.router import router as endpoints_router
 from modelyard.endpoints.supervisor import Supervisor
 from modelyard.errors import ECHO_LIMIT, ApiError, ServiceError, clip
 from modelyard.filesets.router import router as filesets_router
-from modelyard.gateway.router import PREFIX as GATEWAY_PREFIX
+from modelyard.gateway.messages import router as messages_router
+from modelyard.gateway.registry import router as gateway_registry_router
 from modelyard.gateway.router import router as gateway_router
 from modelyard.methods import HttpMethods
 from modelyard.models.router import router as models_router
+from modelyard.providers.poller import ProviderPoller
+from modelyard.providers.router import router as providers_router
 from modelyard.secrets.router import router as secrets_router
 from modelyard.workspaces.router import router as workspaces_router
 
@@ -120,8 +123,12 @@ DB_RETRY_AFTER_S = 5
 """``Retry-After`` seconds of a 503 answered while the database is unreachable."""
 
 
+_GATEWAY_OPENAI = re.compile(r"^/apis/inference-gateway/v2/workspaces/[^/]+/(openai|model|provider)/")
+
+
 def _openai_surface(path: str) -> bool:
-    return path.startswith("/v1/") or (path.startswith(GATEWAY_PREFIX.split("{")[0]) and "/openai/" in path)
+    """Routes that answer errors in OpenAI's shape: /v1 and the gateway's openai, model and provider routes."""
+    return path.startswith("/v1/") or _GATEWAY_OPENAI.match(path) is not None
 
 
 def _safe_input(value: Any) -> Any:
@@ -190,9 +197,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         supervisor = Supervisor(db, settings)
         app.state.supervisor = supervisor
         await supervisor.start()
+        app.state.provider_poller = ProviderPoller(db, settings, app.state)
+        await app.state.provider_poller.start()
         try:
             yield
         finally:
+            await app.state.provider_poller.stop()
             await supervisor.stop()
             app.state.authority.close()
             db.dispose()
@@ -207,7 +217,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     for router in (
         workspaces_router, models_router, adapters_router, filesets_router, endpoints_router, gateway_router,
-        auth_router, secrets_router, audit_router,
+        auth_router, secrets_router, audit_router, providers_router, gateway_registry_router, messages_router,
     ):
         app.include_router(router)
 
