@@ -46,6 +46,7 @@ from modelyard.models.router import router as models_router
 from modelyard.providers.poller import ProviderPoller
 from modelyard.providers.router import router as providers_router
 from modelyard.secrets.router import router as secrets_router
+from modelyard.virtual_models.router import router as virtual_models_router
 from modelyard.workspaces.router import router as workspaces_router
 
 log = logging.getLogger("modelyard")
@@ -218,6 +219,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (
         workspaces_router, models_router, adapters_router, filesets_router, endpoints_router, gateway_router,
         auth_router, secrets_router, audit_router, providers_router, gateway_registry_router, messages_router,
+        virtual_models_router,
     ):
         app.include_router(router)
 

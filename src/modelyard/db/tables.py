@@ -342,3 +342,36 @@ class ModelProvider(Base):
     created_by: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
     updated_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+
+
+class VirtualModel(Base):
+    """A stable model name in a workspace that the gateway routes to one of its ``targets`` (by weight)
+    or to ``default_model_entity``; ``db_version`` guards changes (optimistic locking)."""
+
+    __tablename__ = "virtual_models"
+    __table_args__ = (
+        UniqueConstraint("workspace", "name", name="uq_virtual_models_workspace_name"),
+        Index("ix_virtual_models_created_at", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    workspace: Mapped[str] = mapped_column(
+        String(63), ForeignKey("workspaces.name", ondelete="CASCADE"), nullable=False
+    )
+    name: Mapped[str] = mapped_column(String(63), nullable=False)
+    project: Mapped[str | None] = mapped_column(String(255))
+    default_model_entity: Mapped[str | None] = mapped_column(String(255))
+    autoprovisioned: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    models: Mapped[list[dict[str, Any]]] = mapped_column(JsonType, nullable=False)
+    targets: Mapped[list[dict[str, Any]] | None] = mapped_column(JsonType)
+    request_middleware: Mapped[list[dict[str, Any]]] = mapped_column(JsonType, nullable=False)
+    response_middleware: Mapped[list[dict[str, Any]]] = mapped_column(JsonType, nullable=False)
+    post_response_middleware: Mapped[list[dict[str, Any]]] = mapped_column(JsonType, nullable=False)
+    override_proxy: Mapped[str | None] = mapped_column(String(255))
+    created_by: Mapped[str | None] = mapped_column(String(255))
+    updated_by: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+    db_version: Mapped[int] = mapped_column(Integer, nullable=False)
+
+    __mapper_args__ = {"version_id_col": db_version}  # noqa: RUF012 (SQLAlchemy reads it as is)

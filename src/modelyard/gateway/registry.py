@@ -27,13 +27,15 @@ PREFIX = "/apis/inference-gateway/v2/workspaces/{workspace}"
 _METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 
 
-async def call_registry(request: Request, workspace: str, path: str, body: dict[str, Any]) -> Response:
-    """Send ``body`` to the upstream the registry describes for ``body['model']``; 404
-    (``model_not_found``) when it describes none the caller can use."""
+async def call_registry(request: Request, workspace: str, path: str, body: dict[str, Any],
+                        model: str | None = None) -> Response:
+    """Send ``body`` to the upstream the registry describes for ``model`` (default ``body['model']``; a
+    virtual model's target otherwise); 404 (``model_not_found``) when it describes none the caller can use.
+    The answer names ``body['model']``."""
     requested = body["model"]
-    route = await upstream.lookup(request, workspace, requested)
+    route = await upstream.lookup(request, workspace, model or requested)
     if route is None:
-        raise upstream.not_found(requested)
+        raise upstream.not_found(model or requested)
     return await upstream.call(request, route, path, body, requested)
 
 

@@ -23,6 +23,7 @@ from modelyard.auth.deps import CallerWorkspace
 from modelyard.db.session import in_db
 from modelyard.endpoints.supervisor import Replica, Runtime, Supervisor
 from modelyard.errors import ApiError
+from modelyard.gateway import virtual
 from modelyard.gateway.prompt import apply as apply_prompt
 from modelyard.gateway.registry import call_registry
 from modelyard.gateway.registry import listed as registry_models
@@ -106,14 +107,16 @@ async def proxy(request: Request, workspace: str, path: str, body: dict[str, Any
     """Route ``body`` by its ``model`` to a replica's ``path``; the answer (JSON, an error in OpenAI's
     shape, or an SSE stream relayed as it arrives) with ``model`` set to the name the client used."""
     body = _checked(body)
-    requested = body["model"]
+    requested = model = body["model"]
     supervisor: Supervisor = request.app.state.supervisor
+    if (named := await virtual.lookup(request, workspace, requested)) is not None:
+        workspace, model = named.workspace, named.pick()  # a virtual model: one of its targets, by weight
     try:
-        target = await _resolve(request, supervisor, workspace, requested)
+        target = await _resolve(request, supervisor, workspace, model)
     except ApiError as exc:  # not one of our endpoints or adapters: what the registry describes, if anything
         if exc.code != "model_not_found":
             raise
-        return await call_registry(request, workspace, path, body)
+        return await call_registry(request, workspace, path, body, model)
     runtime = supervisor.runtimes.get(target.endpoint_id)
     replica = runtime.pick() if runtime is not None else None
     if replica is None and target.state == "STARTED" and target.scales_to_zero:
@@ -279,6 +282,9 @@ async def _models(request: Request, workspace: str) -> dict[str, Any]:
     created = int(time.time())
     rows = await in_db(request.app.state.db, lambda s: callable_models(s, workspace, request.state.access))
     rows += [(model_id, None, owner) for model_id, owner in await registry_models(request, workspace)]
+    listed = {model_id for model_id, _, _ in rows}
+    rows += [(model_id, None, owner) for model_id, owner in await virtual.listed(request, workspace)
+             if model_id not in listed]
     return {"object": "list", "data": [
         {"id": model_id, "object": "model", "created": created, "owned_by": owner, "parent": parent}
         for model_id, parent, owner in rows
