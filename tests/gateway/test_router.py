@@ -8,7 +8,8 @@ import json
 from together import Together
 
 from modelyard.client import Modelyard
-from modelyard.gateway.router import _openai_error, _rewrite
+from modelyard.gateway.router import _openai_error
+from modelyard.gateway.sse import with_model as _rewrite
 from tests.endpoints.test_router import _stopped
 
 

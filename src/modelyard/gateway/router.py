@@ -28,12 +28,12 @@ from modelyard.gateway.prompt import apply as apply_prompt
 from modelyard.gateway.registry import call_registry
 from modelyard.gateway.registry import listed as registry_models
 from modelyard.gateway.resolver import Target, callable_models, not_found, resolve
+from modelyard.gateway.sse import with_model
 
 log = logging.getLogger("modelyard.gateway")
 router = APIRouter(tags=["inference"])
 PREFIX = "/apis/inference-gateway/v2/workspaces/{workspace}/openai/-"
 RETRY_AFTER_S = 5
-
 
 
 async def _body(request: Request) -> dict[str, Any]:
@@ -77,20 +77,6 @@ def _readable(request: Request, target: Target, model: str) -> Target:
     if not request.state.access.can(target.workspace):
         raise not_found(model)
     return target
-
-
-def _rewrite(line: str, model: str) -> str:
-    """One SSE line with the chunk's ``model`` set to the name the client used."""
-    if not line.startswith("data: {"):
-        return line
-    try:
-        chunk = json.loads(line[6:])
-    except ValueError:
-        return line
-    if isinstance(chunk, dict) and "model" in chunk:
-        chunk["model"] = model
-        return "data: " + json.dumps(chunk, separators=(",", ":"))
-    return line
 
 
 async def _proxy(request: Request, workspace: str, path: str) -> Response:
@@ -264,7 +250,7 @@ async def _relay(upstream: httpx.Response, replica: Replica, model: str) -> Asyn
     try:
         async for line in upstream.aiter_lines():
             done = done or line.strip() == "data: [DONE]"
-            yield (_rewrite(line, model) + "\n").encode()
+            yield (with_model(line, model) + "\n").encode()
         if not done and upstream.status_code == 200:
             problem = "the engine replica ended the stream without [DONE]"
     except httpx.HTTPError as exc:

@@ -31,6 +31,7 @@ from modelyard.db import tables
 from modelyard.db.session import in_db
 from modelyard.errors import ApiError
 from modelyard.gateway import prompt as prompts
+from modelyard.gateway.sse import with_model
 from modelyard.providers import auth_header
 from modelyard.providers.service import ProviderKeyError, api_key
 from modelyard.secrets.service import api_key_of
@@ -245,19 +246,6 @@ async def _open(request: Request, route: UpstreamRoute, method: str, url: str, *
         raise ApiError(502, f"{route.label}: {exc}", code="provider_misconfigured", kind="api_error") from None
 
 
-def _rewrite_line(line: str, model: str) -> str:
-    if not line.startswith("data: {"):
-        return line
-    try:
-        chunk = json.loads(line[6:])
-    except ValueError:
-        return line
-    if isinstance(chunk, dict) and "model" in chunk:
-        chunk["model"] = model
-        return "data: " + json.dumps(chunk, separators=(",", ":"))
-    return line
-
-
 async def _relay(upstream: httpx.Response, route: UpstreamRoute, model: str | None) -> AsyncIterator[bytes]:
     try:
         if model is None:
@@ -265,7 +253,7 @@ async def _relay(upstream: httpx.Response, route: UpstreamRoute, model: str | No
                 yield chunk
             return
         async for line in upstream.aiter_lines():
-            yield (_rewrite_line(line, model) + "\n").encode()
+            yield (with_model(line, model) + "\n").encode()
     except httpx.HTTPError as exc:
         error = _unreachable(route, exc).body()
         yield f"\ndata: {json.dumps(error)}\n\ndata: [DONE]\n\n".encode()
