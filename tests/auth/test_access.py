@@ -58,6 +58,16 @@ MATRIX: list[tuple[str, str, object, dict[str, str] | None, tuple[int, ...]]] = 
      (404, 403, 400, 400, 400, 403)),
     ("GET", f"/apis/inference-gateway/v2/workspaces/{TEAM}/openai/-/v1/models", None, None,
      (404, 200, 200, 200, 200, 200)),
+    ("GET", f"{M}/providers", None, None, (404, 200, 200, 200, 200, 403)),
+    ("POST", f"{M}/providers", {"name": "p-{r}", "host_url": "http://127.0.0.1:9"}, None,
+     (404, 403, 201, 201, 201, 403)),
+    ("GET", f"/apis/inference-gateway/v2/workspaces/{TEAM}/virtual-models", None, None,
+     (404, 200, 200, 200, 200, 200)),
+    ("POST", f"/apis/inference-gateway/v2/workspaces/{TEAM}/virtual-models",
+     {"name": "vm-{r}", "default_model_entity": "ghost"}, None, (404, 403, 400, 400, 400, 403)),
+    ("POST", "/v1/messages", {"model": "ghost", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]},
+     V1, (404, 404, 404, 404, 404, 403)),
+    ("GET", "/apis/auth/v2/audit", None, None, (200, 200, 200, 200, 200, 403)),
 ]
 
 
