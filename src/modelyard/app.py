@@ -29,7 +29,7 @@ from modelyard.audit.router import router as audit_router
 from modelyard.auth.authority import BOOTSTRAP_PRINCIPAL, Authority
 from modelyard.auth.crypto import Keyring
 from modelyard.auth.middleware import Authenticate
-from modelyard.auth.policy import PUBLIC
+from modelyard.auth.policy import is_public
 from modelyard.auth.router import router as auth_router
 from modelyard.boundary import RequestBoundary
 from modelyard.config import Settings
@@ -292,6 +292,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         Authenticate, authority=lambda: app.state.authority, allowed_hosts=settings.allowed_hosts,
         failures_per_minute=settings.auth_failures_per_minute, openai_surface=_openai_surface,
         trusted_workspaces=settings.trusted_fileset_workspaces,
+        open_paths=frozenset() if settings.metrics_require_key else frozenset({"/metrics"}),
     )
     app.add_middleware(AuditTrail)
     app.add_middleware(AccessLog)
@@ -330,7 +331,7 @@ def _statuses(path: str, method: str, operation: dict[str, Any]) -> set[int]:
     """What an operation can answer besides success: every route meets the request boundary (400;
     413 with a body) and database outages (503); a path, query or header parameter can name nothing
     (404) or fail validation (422); a change can conflict (409); files add storage (502) and ranges."""
-    if path in PUBLIC:
+    if is_public(path):
         return {400, 503}
     statuses = {400, 401, 403, 429, 503}
     if "requestBody" in operation or method in ("post", "put", "patch"):

@@ -119,6 +119,22 @@ class Settings(BaseSettings):
     none on the other endpoints of ``s3_allowed_endpoints``. Set it to keep filesets off the other
     buckets the server's credentials can reach."""
 
+    metrics: Literal["on", "off"] = "on"
+    """``/metrics`` in Prometheus' text format (``off``: the route answers 404 and nothing is counted)."""
+
+    metrics_require_key: bool = False
+    """When true, ``/metrics`` needs an access key with the ``platform:read`` scope, like the admin routes;
+    by default it is open to anyone who can reach the server, as Prometheus' scrapers expect."""
+
+    usage: Literal["on", "off"] = "on"
+    """Usage records: requests, errors, tokens and latency per model per minute, kept in the database."""
+
+    usage_flush_interval: float = 5.0
+    """Seconds between flushes of the in-memory usage aggregates to the database (and at a clean stop)."""
+
+    console: Literal["on", "off"] = "on"
+    """The web console at ``/console`` (``off``: its routes answer 404)."""
+
     log_level: str = "INFO"
     log_json: bool = True
 

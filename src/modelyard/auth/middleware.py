@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelyard.auth.authority import Authority
 from modelyard.auth.errors import AuthError
-from modelyard.auth.policy import PUBLIC, requirement
+from modelyard.auth.policy import is_public, requirement
 from modelyard.errors import ServiceError
 from modelyard.gateway.anthropic import anthropic_error
 
@@ -76,8 +76,9 @@ def _host_allowed(host: str, allowed: frozenset[str]) -> bool:
 class Authenticate:
     def __init__(self, app: ASGIApp, *, authority: Callable[[], Authority], allowed_hosts: list[str],
                  failures_per_minute: int, openai_surface: Callable[[str], bool],
-                 trusted_workspaces: list[str] | None = None) -> None:
+                 trusted_workspaces: list[str] | None = None, open_paths: frozenset[str] = frozenset()) -> None:
         self.app = app
+        self.open_paths = open_paths  # answered without a key by this deployment's choice (``/metrics``)
         self.authority = authority
         hostname = socket.gethostname().lower()
         self.allowed_hosts = frozenset({h.lower() for h in allowed_hosts} | {hostname, socket.getfqdn().lower()})
@@ -96,7 +97,7 @@ class Authenticate:
             await self._reject(scope, send, 400, f"Host '{host[:100]}' is not served here; add it to "
                                "MODELYARD_ALLOWED_HOSTS if this server should answer to that name", "bad_host")
             return
-        if path in PUBLIC:
+        if is_public(path) or path in self.open_paths:
             await self.app(scope, receive, send)
             return
         authority = self.authority()

@@ -16,6 +16,13 @@ from dataclasses import dataclass
 
 PUBLIC = frozenset({"/health", "/apis/auth/jwks", "/apis/auth/discovery", "/docs", "/docs/oauth2-redirect",
                     "/redoc", "/openapi.json"})
+PUBLIC_PREFIXES = ("/console",)
+"""The web console signs its visitors in itself (an http-only session cookie holding their key) and
+calls the API in-process as them, so every check below still applies to what it shows and does."""
+
+
+def is_public(path: str) -> bool:
+    return path in PUBLIC or path == "/console" or path.startswith("/console/")
 
 _SERVICE_GROUP = {"models": "models", "files": "files", "secrets": "secrets", "inference-gateway": "inference",
                   "entities": "iam"}
@@ -71,6 +78,8 @@ def requirement(method: str, path: str, caller_workspace: str, trusted: frozense
     if path.startswith(("/v1/endpoints", "/v1/hardware")):
         return Requirement("endpoints", write, caller_workspace, "Editor" if write else "Viewer",
                            "changing endpoints" if write else "reading endpoints", caller_workspace=True)
+    if path == "/v1/usage":
+        return Requirement("inference", False, caller_workspace, "Viewer", "reading usage", caller_workspace=True)
     if path in _INFERENCE or path.startswith("/v1/models/"):
         return Requirement("inference", write, caller_workspace, "Viewer", "running inference", caller_workspace=True)
     if path.startswith(("/apis/auth/v2/access-keys", "/apis/auth/authenticate")):
