@@ -9,11 +9,13 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Column,
     DateTime,
     ForeignKey,
     Index,
     Integer,
     String,
+    Table,
     Text,
     UniqueConstraint,
     text,
@@ -375,3 +377,32 @@ class VirtualModel(Base):
     db_version: Mapped[int] = mapped_column(Integer, nullable=False)
 
     __mapper_args__ = {"version_id_col": db_version}  # noqa: RUF012 (SQLAlchemy reads it as is)
+
+
+USAGE_LATENCY_BUCKETS = 80
+"""Latency histogram buckets of a usage row: ``lat_00`` counts answers of at most 1 ms, ``lat_NN`` those
+in (2^((NN-1)/4), 2^(NN/4)] ms, and ``lat_79`` everything above 2^(78/4) ms (about 742 s). See
+:mod:`modelyard.usage.histogram`."""
+USAGE_LATENCY_COLUMNS = tuple(f"lat_{i:02d}" for i in range(USAGE_LATENCY_BUCKETS))
+
+usage_minutes = Table(
+    "usage_minutes",
+    Base.metadata,
+    # one row per (workspace, model, endpoint, minute) per writer: each recorder object owns its rows and
+    # writes their absolute totals, so a retried flush never double-counts and processes never collide
+    Column("workspace", String(63), primary_key=True),
+    Column("model", String(255), primary_key=True),
+    # '' when no endpoint of ours served the request (a provider, or refused before routing)
+    Column("endpoint_id", String(64), primary_key=True),
+    # Unix time in minutes (UTC), floor(epoch_seconds / 60): hours and days are integer multiples of it
+    Column("minute", BigInteger, primary_key=True),
+    Column("writer", String(64), primary_key=True),
+    Column("requests", BigInteger, nullable=False),
+    Column("errors", BigInteger, nullable=False),
+    Column("prompt_tokens", BigInteger, nullable=False),
+    Column("completion_tokens", BigInteger, nullable=False),
+    # NULL rather than 0 for an empty bucket: most are empty, and NULLs cost no space
+    *(Column(name, BigInteger) for name in USAGE_LATENCY_COLUMNS),
+    Index("ix_usage_minutes_workspace_minute", "workspace", "minute"),
+)
+"""Usage records: requests, errors, tokens and a latency histogram per served model per minute."""
