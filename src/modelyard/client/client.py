@@ -1,6 +1,7 @@
 """Typed resources over httpx: ``client.workspaces``, ``client.models``, ``client.adapters``,
 ``client.endpoints`` (with ``client.endpoints.adapters``), ``client.chat``, and for identity
-``client.access_keys``, ``client.members``, ``client.secrets`` and ``client.auth``."""
+``client.access_keys``, ``client.members``, ``client.secrets`` and ``client.auth``; ``client.usage``
+(client/usage.py)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from modelyard.client.types_auth import (
     SecretValue,
     WhoAmI,
 )
+from modelyard.client.usage import Usage
 from modelyard.endpoints.schemas import (
     AdapterRemoved,
     AttachedAdapterList,
@@ -154,6 +156,7 @@ class Modelyard:
         self.members = Members(self)
         self.secrets = Secrets(self)
         self.auth = Auth(self)
+        self.usage = Usage(self)
 
     def __repr__(self) -> str:  # never the key
         return f"Modelyard(base_url={self.base_url!r}, api_key={'***' if self.api_key else None})"
