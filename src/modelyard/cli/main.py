@@ -949,5 +949,41 @@ def _stream_answer(client: Modelyard, model: str, messages: list[dict[str, Any]]
     typer.echo("")
 
 
+USAGE_COLUMNS = [Col("start", whole=True), Col("model"), Col("requests"), Col("errors"), Col("prompt_tokens"),
+                 Col("completion_tokens"), Col("p50_ms"), Col("p95_ms", optional=True), Col("p99_ms", optional=True),
+                 Col("endpoint_id", optional=True)]
+
+
+@app.command()
+def usage(
+    model: Annotated[str | None, typer.Option(help="only this model (the name requests called)")] = None,
+    start: Annotated[str | None, typer.Option("--from", help="ISO-8601 [default: 24 hours before --to]")] = None,
+    end: Annotated[str | None, typer.Option("--to", help="ISO-8601, exclusive [default: now]")] = None,
+    granularity: Annotated[str, typer.Option("--granularity", "-g", help="minute, hour or day")] = "hour",
+    workspace: Annotated[str | None, typer.Option("--workspace", "-w",
+                                                  help="workspace [default: the key's]")] = None,
+    url: Url = None,
+    as_json: AsJson = False,
+) -> None:
+    """Requests, errors, tokens and latency percentiles (ms) per model per minute, hour or day."""
+    records = _run(lambda: _client(url).usage.list(model=model, start=start, end=end, granularity=granularity,
+                                                   workspace=workspace)).data
+    if as_json:
+        typer.echo(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
+        return
+    if not records:
+        console.print(Text("No usage in this range: requests to served models are counted here (see "
+                           "--from, --to and --model)."), soft_wrap=True)
+        return
+    rows = []
+    for record in records:
+        row = record.model_dump(mode="json", exclude={"latency_ms"})
+        for name in ("p50", "p95", "p99"):
+            value = getattr(record.latency_ms, name)
+            row[f"{name}_ms"] = None if value is None else f"{value:.1f}"
+        rows.append(row)
+    _print_table(rows, USAGE_COLUMNS)
+
+
 if __name__ == "__main__":
     app(prog_name="modelyard")
