@@ -21,6 +21,9 @@ def mount_console(app: FastAPI) -> None:
     settings = getattr(app.state, "settings", None)
     if settings is not None and getattr(settings, "console", "on") == "off":
         return
+    if getattr(app.state, "console_mounted", False):  # once per app
+        return
+    app.state.console_mounted = True
     from modelyard.console.router import SignIn, _NotVisible, _render, read_session, router
 
     app.include_router(router)

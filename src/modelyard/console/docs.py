@@ -21,6 +21,9 @@ PREFIX = "/console/_docs"
 
 def mount_offline_docs(app: FastAPI) -> None:
     """Replace the app's ``/docs`` page with one that loads Swagger UI from this server."""
+    if getattr(app.state, "offline_docs_mounted", False):  # once per app
+        return
+    app.state.offline_docs_mounted = True
     docs_url = app.docs_url or "/docs"
     app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) != docs_url]
     app.mount(PREFIX, StaticFiles(directory=ASSETS), name="swagger-ui-assets")
