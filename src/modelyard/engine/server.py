@@ -17,12 +17,14 @@ from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from modelyard.engine.core import Engine, Generation, SamplingParams, UnknownAdapter
 from modelyard.engine.lora import AdapterError
+from modelyard.engine.metrics import EngineMetrics
 
 
 class ParameterError(ValueError):
@@ -164,9 +166,33 @@ def _text_of(content: str | list[dict[str, Any]] | None) -> str:
     return "".join(part.get("text", "") for part in content if part.get("type") == "text")
 
 
+class _EchoRequestId:
+    """The gateway's ``X-Request-ID`` comes back on the answer, so both sides' logs name one id."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        rid = next((v for k, v in scope.get("headers", ()) if k == b"x-request-id"), None) \
+            if scope["type"] == "http" else None
+        if rid is None:
+            await self.app(scope, receive, send)
+            return
+
+        async def echo(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", rid)]
+            await send(message)
+
+        await self.app(scope, receive, echo)
+
+
 def create_engine_app(engine: Engine) -> FastAPI:
     app = FastAPI(title="Modelyard engine", docs_url="/docs")
     app.state.engine = engine
+    metrics = EngineMetrics(engine)
+
+    app.add_middleware(_EchoRequestId)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -178,6 +204,11 @@ def create_engine_app(engine: Engine) -> FastAPI:
     @app.get("/health")
     def health() -> PlainTextResponse:
         return PlainTextResponse("", status_code=200)
+
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        """vLLM's metric names for what this engine has (see :mod:`modelyard.engine.metrics`)."""
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models")
     def models() -> dict[str, Any]:
@@ -245,7 +276,14 @@ def create_engine_app(engine: Engine) -> FastAPI:
         events: asyncio.Queue[tuple[int, tuple[str, Any]]] = asyncio.Queue()
 
         def emitter(index: int) -> Any:
-            return lambda ev: loop.call_soon_threadsafe(events.put_nowait, (index, ev))
+            timer = metrics.timer(len(prompt_ids))
+
+            def emit(ev: tuple[str, Any]) -> None:  # on the engine thread: the times are the engine's
+                timer.mark(ev[0])
+                if ev[0] == "done":
+                    timer.finish(gens[index].completion_tokens, ev[1])
+                loop.call_soon_threadsafe(events.put_nowait, (index, ev))
+            return emit
 
         gens = [Generation(prompt_ids, adapter, body.params(defaults, max_tokens, i), emitter(i))
                 for i in range(body.n)]

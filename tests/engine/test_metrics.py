@@ -1,0 +1,103 @@
+"""The built-in engine's /metrics: vLLM's names and labels, counted from real requests, parsed with
+prometheus_client's own parser (what Prometheus and tools built for vLLM read)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from modelyard.engine.core import Engine, Generation, SamplingParams
+from modelyard.engine.server import create_engine_app
+
+
+@pytest.fixture
+def http(fixture_models: dict[str, Path]):
+    engine = Engine(fixture_models["base"], max_loras=2, max_lora_rank=16, served_name="tiny")
+    with TestClient(create_engine_app(engine)) as client:
+        yield client
+    engine.shutdown()
+
+
+def scrape(http: TestClient) -> dict[str, list[tuple[dict[str, str], float]]]:
+    response = http.get("/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return samples
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    return sum(v for got, v in samples.get(name, []) if all(got.get(k) == want for k, want in labels.items()))
+
+
+def test_counts_tokens_and_latencies_under_vllm_names(http: TestClient, fixture_models: dict[str, Path]) -> None:
+    before = scrape(http)
+    assert value(before, "vllm:num_requests_running", model_name="tiny") == 0
+    assert value(before, "vllm:num_requests_waiting", model_name="tiny") == 0
+    assert value(before, "vllm:generation_tokens_total", model_name="tiny") == 0
+    http.post("/v1/load_lora_adapter", json={"lora_name": "pirate", "lora_path": str(fixture_models["pirate"])})
+    usage = [http.post("/v1/completions", json={"model": model, "prompt": "Tell me about", "max_tokens": 5,
+                                                "temperature": 0}).json()["usage"]
+             for model in ("tiny", "pirate", "pirate")]
+    with http.stream("POST", "/v1/completions", json={"model": "pirate", "prompt": "Hi", "max_tokens": 4,
+                                                        "stream": True, "temperature": 0}) as response:
+        list(response.iter_lines())
+    after = scrape(http)
+    prompt = sum(u["prompt_tokens"] for u in usage) + len(http.app.state.engine.tokenizer("Hi")["input_ids"])
+    assert value(after, "vllm:prompt_tokens_total", model_name="tiny") == prompt
+    assert value(after, "vllm:generation_tokens_total", model_name="tiny") == 5 * 3 + 4
+    assert value(after, "vllm:request_success_total", model_name="tiny", finished_reason="length") == 4
+    assert value(after, "vllm:time_to_first_token_seconds_count", model_name="tiny") == 4
+    assert value(after, "vllm:e2e_request_latency_seconds_count", model_name="tiny") == 4
+    assert value(after, "vllm:request_generation_tokens_sum", model_name="tiny") == 19
+    # one interval between each pair of visible tokens (held-back bytes merge two into one)
+    assert 4 <= value(after, "vllm:inter_token_latency_seconds_count", model_name="tiny") <= 15
+    info = after["vllm:lora_requests_info"]
+    assert len(info) == 1 and info[0][0] == {"max_lora": "2", "waiting_lora_adapters": "",
+                                             "running_lora_adapters": ""}
+    assert value(after, "modelyard_engine_lora_loaded", model_name="tiny") == 1
+
+
+def test_lora_info_names_running_adapters(http: TestClient, fixture_models: dict[str, Path]) -> None:
+    """While an adapter's request is being generated, the gauges count it and the info gauge names it.
+    The request's second event (a decode step's; the first comes from its prefill) holds the engine
+    thread until the scrape is done, so the request is in the running batch then."""
+    http.post("/v1/load_lora_adapter", json={"lora_name": "chef", "lora_path": str(fixture_models["chef"])})
+    engine = http.app.state.engine
+    first, release, done = threading.Event(), threading.Event(), threading.Event()
+    events: list[tuple] = []
+
+    def emit(event: tuple) -> None:
+        events.append(event)
+        if len(events) == 2 and event[0] == "text":
+            first.set()
+            release.wait(30)
+        if event[0] == "done":
+            done.set()
+
+    engine.submit(Generation(engine.tokenizer("The chef")["input_ids"], "chef", SamplingParams(max_tokens=12, temperature=0.0), emit))
+    try:
+        assert first.wait(30)
+        samples = scrape(http)
+    finally:
+        release.set()
+    assert done.wait(30)
+    assert value(samples, "vllm:num_requests_running", model_name="tiny") == 1
+    (labels, stamp), = samples["vllm:lora_requests_info"]
+    assert labels == {"max_lora": "2", "waiting_lora_adapters": "", "running_lora_adapters": "chef"}
+    assert stamp > 1.7e9  # the scrape's time, as vLLM sets it
+    assert value(samples, "modelyard_engine_lora_resident", model_name="tiny") == 1
+    assert value(scrape(http), "vllm:num_requests_running", model_name="tiny") == 0
+
+
+def test_request_id_is_echoed(http: TestClient) -> None:
+    response = http.post("/v1/completions", json={"model": "tiny", "prompt": "hi", "max_tokens": 1},
+                         headers={"X-Request-ID": "abc-123"})
+    assert response.status_code == 200 and response.headers["x-request-id"] == "abc-123"
+    assert "x-request-id" not in http.get("/health").headers
