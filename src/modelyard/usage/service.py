@@ -38,10 +38,10 @@ def parse_time(value: str | None, param: str) -> datetime | None:
         return None
     try:
         parsed = datetime.fromisoformat(value.strip())
-    except ValueError:
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except (ValueError, OverflowError):  # not ISO-8601; or beyond year 1..9999 once moved to UTC
         raise _bad(f"'{param}' must be an ISO-8601 date-time such as 2026-12-01T13:00:00Z, not "
                    f"'{clip(value, 100)}'", param) from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 def window(granularity: str, start: str | None, end: str | None, now: datetime | None = None
@@ -50,7 +50,10 @@ def window(granularity: str, start: str | None, end: str | None, now: datetime |
     if granularity not in WIDTH:
         raise _bad(f"'granularity' must be one of minute, hour, day, not '{clip(granularity, 100)}'", "granularity")
     to = parse_time(end, "to") or (now or datetime.now(UTC))
-    since = parse_time(start, "from") or to - DEFAULT_SPAN
+    try:
+        since = parse_time(start, "from") or to - DEFAULT_SPAN
+    except OverflowError:  # 'to' in the first day of year 1
+        raise _bad("'to' is too early: give 'from' too", "to") from None
     if since > to:
         raise _bad(f"'from' ({since.isoformat()}) is after 'to' ({to.isoformat()})", "from")
     if to - since > MAX_SPAN[granularity]:
