@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import math
+import subprocess
+import sys
+import threading
 import time
 
 import pytest
@@ -249,3 +252,61 @@ def test_record_is_cheap() -> None:
                    completion_tokens=20, latency_s=0.1)
     per_call_us = (time.perf_counter() - started) / n * 1e6
     assert per_call_us < 50, per_call_us  # a few microseconds; generous for a loaded CI machine
+
+
+def test_flushes_racing_records_lose_nothing(db: Database) -> None:
+    """``record`` on one thread (the event loop's), flushes on another (a worker's), all the time: the
+    totals written at the end are exact."""
+    rec = UsageRecorder(db, clock=Clock(0).at(T0))
+    done = threading.Event()
+    flushes = 0
+
+    def flusher() -> None:
+        nonlocal flushes
+        while not done.is_set():
+            rec.flush()
+            flushes += 1
+
+    thread = threading.Thread(target=flusher)
+    thread.start()
+    n = 30_000
+    for i in range(n):
+        hit(rec, model=("pirate", "base")[i % 2], latency_s=0.001 * (i % 50))
+        if i % 1000 == 0:
+            time.sleep(0.001)  # let the flusher in
+    done.set()
+    thread.join()
+    rec.flush()
+    rows = read(db)
+    assert flushes > 2
+    assert [(r["model"], r["requests"], r["prompt_tokens"]) for r in rows] == [
+        ("base", n // 2, 10 * n // 2), ("pirate", n // 2, 10 * n // 2)]
+
+
+SCRIPT = """
+import sys
+from modelyard.db.engine import Database
+from modelyard.usage.recorder import UsageRecorder
+
+db = Database(sys.argv[1])
+rec = UsageRecorder(db, clock=lambda: float(sys.argv[2]))
+for _ in range(int(sys.argv[3])):
+    rec.record(workspace="default", model="pirate", endpoint_id="ep-1", ok=True, prompt_tokens=10,
+               completion_tokens=5, latency_s=0.1)
+rec.flush()
+db.dispose()
+"""
+
+
+def test_server_processes_add_up(db: Database, database_url: str) -> None:
+    """Three real processes record the same model in the same minute; this one reads the sum."""
+    clock = Clock(0).at(T0)
+    procs = [subprocess.Popen([sys.executable, "-c", SCRIPT, database_url, str(clock.now), str(n)])
+             for n in (5, 7, 11)]
+    assert [p.wait(timeout=60) for p in procs] == [0, 0, 0]
+    rec = UsageRecorder(db, clock=clock)
+    hit(rec)
+    rec.flush()
+    [row] = read(db)
+    assert (row["requests"], row["prompt_tokens"], row["completion_tokens"]) == (24, 240, 120)
+    assert rows_in_db(db) == 4
