@@ -10,7 +10,6 @@ import json
 import logging
 import math
 import re
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,9 +17,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelyard import __version__
 from modelyard.adapters.router import router as adapters_router
@@ -43,6 +41,9 @@ from modelyard.gateway.registry import router as gateway_registry_router
 from modelyard.gateway.router import router as gateway_router
 from modelyard.methods import HttpMethods
 from modelyard.models.router import router as models_router
+from modelyard.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from modelyard.observability.metrics import ServerMetrics
+from modelyard.observability.middleware import Observe, RequestIdFilter
 from modelyard.providers.poller import ProviderPoller
 from modelyard.providers.router import router as providers_router
 from modelyard.secrets.router import router as secrets_router
@@ -78,41 +79,9 @@ class JsonLogFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-class AccessLog:
-    """One structured log line per request (plain ASGI: no per-request task or body copy)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def capture(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, capture)
-        finally:
-            log.info(
-                "request",
-                extra={
-                    "method": scope["method"],
-                    "path": scope["path"],
-                    "status": status,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                },
-            )
-
-
 def configure_logging(settings: Settings) -> None:
     handler = logging.StreamHandler()
+    handler.addFilter(RequestIdFilter())  # every line logged while a request is handled names its id
     if settings.log_json:
         handler.setFormatter(JsonLogFormatter())
     root = logging.getLogger()
@@ -195,7 +164,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.keyring = Keyring.load(settings.secret_key, settings.home)
         app.state.authority = _authority(settings, db, app.state.keyring)
         log.info("database ready", extra={"database": db.backend})
-        supervisor = Supervisor(db, settings)
+        supervisor = Supervisor(db, settings, app.state.metrics)
+        app.state.metrics.watch_runtime(supervisor.stats)
         app.state.supervisor = supervisor
         await supervisor.start()
         app.state.provider_poller = ProviderPoller(db, settings, app.state)
@@ -216,6 +186,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         separate_input_output_schemas=False,
     )
     app.state.settings = settings
+    app.state.metrics = ServerMetrics(enabled=settings.metrics == "on")
+    app.state.usage = None
     for router in (
         workspaces_router, models_router, adapters_router, filesets_router, endpoints_router, gateway_router,
         auth_router, secrets_router, audit_router, providers_router, gateway_registry_router, messages_router,
@@ -232,12 +204,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             body["detail"] = "database is not reachable"
         supervisor: Supervisor | None = getattr(request.app.state, "supervisor", None)
         if supervisor is not None:  # what this server runs right now (no database read)
+            stats = supervisor.stats()
             body["engines"] = {
-                "endpoints": len(supervisor.runtimes),
-                "replicas": sum(1 for rt in supervisor.runtimes.values() for r in rt.replicas if r.process.alive()),
-                "requests_in_flight": sum(rt.in_flight for rt in supervisor.runtimes.values()),
+                "endpoints": len(stats),
+                "replicas": sum(row["replicas"]["ready"] for row in stats),
+                "requests_in_flight": sum(row["in_flight"] for row in stats),
             }
         return JSONResponse(body, status_code=200 if ok else 503)
+
+    @app.get("/metrics", tags=["health"], include_in_schema=settings.metrics == "on",
+             summary="Prometheus metrics (text format)")
+    def metrics(request: Request) -> Response:
+        if settings.metrics != "on":
+            return JSONResponse({"detail": "Not Found"}, status_code=404)
+        return Response(request.app.state.metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
 
     @app.exception_handler(ServiceError)
     async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
@@ -295,7 +275,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         open_paths=frozenset() if settings.metrics_require_key else frozenset({"/metrics"}),
     )
     app.add_middleware(AuditTrail)
-    app.add_middleware(AccessLog)
+    app.add_middleware(Observe, metrics=app.state.metrics)
     return app
 
 

@@ -86,7 +86,8 @@ async def attach_adapter(
     """Attach an adapter (``model_id`` = ``<endpoint_name>:<adapter_name>``); it is loaded into every
     running replica before this answers."""
     state = request.app.state
-    model_id = await service.attach(state.db, state.supervisor, workspace, endpoint_id, body.model_id)
+    with state.metrics.timed("attach"):
+        model_id = await service.attach(state.db, state.supervisor, workspace, endpoint_id, body.model_id)
     return AdapterModelId(model_id=model_id)
 
 
@@ -100,7 +101,8 @@ async def detach_adapter(
     endpoint_id: str, body: AdapterModelId, request: Request, workspace: CallerWorkspace
 ) -> AdapterRemoved:
     state = request.app.state
-    return await service.detach(state.db, state.supervisor, workspace, endpoint_id, body.model_id)
+    with state.metrics.timed("detach"):
+        return await service.detach(state.db, state.supervisor, workspace, endpoint_id, body.model_id)
 
 
 @router.get(

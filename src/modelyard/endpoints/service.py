@@ -284,10 +284,10 @@ async def attach(db: Database, supervisor: Supervisor, workspace: str, endpoint_
             for replica in list(runtime.replicas):
                 if adapter.name in replica.loaded:
                     continue
-                await supervisor.load(replica, want, endpoint.max_lora_rank)
+                await supervisor.load(replica, want, endpoint.max_lora_rank, endpoint.name)
                 loaded_here.append(replica)
         except (AdapterError, EngineError, FilesetMissing, OSError) as exc:
-            await _unload(loaded_here, adapter.name)
+            await _unload(supervisor, loaded_here, adapter.name, endpoint)
             reason = exc.message if isinstance(exc, EngineError) else str(exc)
             raise ApiError(400, f"adapter '{adapter.name}' could not be loaded: {reason}",
                            code="adapter_load_failed") from None
@@ -303,19 +303,15 @@ async def attach(db: Database, supervisor: Supervisor, workspace: str, endpoint_
         try:
             await in_db(db, record, write=True)
         except BaseException:
-            await _unload(loaded_here, adapter.name)
+            await _unload(supervisor, loaded_here, adapter.name, endpoint)
             raise
         supervisor.generation += 1
     return f"{endpoint.name}:{adapter.name}"
 
 
-async def _unload(replicas: list[Replica], name: str) -> None:
+async def _unload(supervisor: Supervisor, replicas: list[Replica], name: str, endpoint: tables.Endpoint) -> None:
     for replica in replicas:
-        try:
-            await replica.client.unload_adapter(name)
-        except EngineError:
-            pass
-        replica.loaded.pop(name, None)
+        await supervisor.unload(replica, name, endpoint.name, endpoint.workspace)
 
 
 async def detach(db: Database, supervisor: Supervisor, workspace: str, endpoint_id: str, model_id: str) -> AdapterRemoved:
@@ -332,7 +328,7 @@ async def detach(db: Database, supervisor: Supervisor, workspace: str, endpoint_
     async with runtime.lock:
         await in_db(db, remove, write=True)
         supervisor.generation += 1
-        await _unload(list(runtime.replicas), adapter.name)
+        await _unload(supervisor, list(runtime.replicas), adapter.name, endpoint)
     return AdapterRemoved(model_id=model_id)
 
 

@@ -48,6 +48,7 @@ from modelyard.engine.client import AdapterError, EngineClient, EngineError
 from modelyard.engine.process import EngineProcess, EngineStartError, builtin_command, free_port
 from modelyard.engine.vllm import vllm_command, vllm_env, vllm_python
 from modelyard.errors import ServiceError
+from modelyard.observability.metrics import ServerMetrics
 from modelyard.storage import FilesetMissing
 
 log = logging.getLogger("modelyard.supervisor")
@@ -98,6 +99,7 @@ class EndpointView:
     engine: str
     inactive_timeout: int | None
     adapters: tuple[AdapterWant, ...]
+    workspace: str = ""
 
 
 @dataclass
@@ -115,6 +117,8 @@ class Runtime:
     task: asyncio.Task[None] | None = None
     serial: int = 0
     lost: int = 0  # replicas that died and are not replaced yet
+    workspace: str = ""  # the endpoint's, as last read (for metrics labels)
+    name: str = ""
 
     @property
     def live(self) -> int:
@@ -136,9 +140,10 @@ class Runtime:
 
 
 class Supervisor:
-    def __init__(self, db: Database, settings: Settings) -> None:
+    def __init__(self, db: Database, settings: Settings, metrics: ServerMetrics | None = None) -> None:
         self.db = db
         self.settings = settings
+        self.metrics = metrics or ServerMetrics(enabled=False)
         self.runtimes: dict[str, Runtime] = {}
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
@@ -268,7 +273,7 @@ class Supervisor:
                 id=e.id, name=e.name, model_fileset=models[e.model_id].fileset if e.model_id in models else None,
                 desired_state=e.desired_state, state=e.state, min_replicas=e.min_replicas,
                 max_replicas=e.max_replicas, max_loras=e.max_loras, max_lora_rank=e.max_lora_rank, engine=e.engine,
-                inactive_timeout=e.inactive_timeout, adapters=tuple(wanted.get(e.id, [])),
+                inactive_timeout=e.inactive_timeout, adapters=tuple(wanted.get(e.id, [])), workspace=e.workspace,
             )
             for e in endpoints
         ]
@@ -316,6 +321,7 @@ class Supervisor:
 
     async def _reconcile(self, runtime: Runtime, view: EndpointView) -> None:
         now = time.monotonic()
+        runtime.workspace, runtime.name = view.workspace, view.name
         for replica in list(runtime.replicas):
             if not replica.process.alive():
                 runtime.replicas.remove(replica)
@@ -460,28 +466,49 @@ class Supervisor:
         without a gap in service) for an adapter whose fileset changed."""
         wanted = {a.name: a for a in view.adapters}
         for name in sorted(set(replica.loaded) - set(wanted)):
-            with contextlib.suppress(EngineError):
-                await replica.client.unload_adapter(name)
-            replica.loaded.pop(name, None)
+            await self.unload(replica, name, view.name, view.workspace)
         for name, want in wanted.items():
             if replica.loaded.get(name) == want.version:
                 continue
             try:
-                await self.load(replica, want, view.max_lora_rank)
+                await self.load(replica, want, view.max_lora_rank, view.name)
             except (AdapterError, EngineError, FilesetMissing, OSError) as exc:
                 log.warning("adapter not loaded", extra={"endpoint": view.name, "adapter": name, "error": str(exc)})
 
-    async def load(self, replica: Replica, want: AdapterWant, max_rank: int) -> None:
-        path = await anyio.to_thread.run_sync(self.local_copy, want)
-        inplace = want.name in replica.loaded
+    async def load(self, replica: Replica, want: AdapterWant, max_rank: int, endpoint: str = "") -> None:
+        started = time.perf_counter()
+        ok = False
         try:
-            await replica.client.load_adapter(want.name, str(path), max_rank=max_rank, inplace=inplace)
-        except EngineError as exc:
-            if "already been loaded" not in exc.message:
-                raise
+            path = await anyio.to_thread.run_sync(self.local_copy, want)
+            inplace = want.name in replica.loaded
+            try:
+                await replica.client.load_adapter(want.name, str(path), max_rank=max_rank, inplace=inplace)
+            except EngineError as exc:
+                if "already been loaded" not in exc.message:
+                    raise
+            ok = True
+        finally:
+            self.metrics.adapter_loaded(want.workspace, endpoint, ok, time.perf_counter() - started)
         if inplace:
             log.info("adapter reloaded", extra={"adapter": want.name, "version": want.version})
         replica.loaded[want.name] = want.version
+
+    async def unload(self, replica: Replica, name: str, endpoint: str = "", workspace: str = "") -> None:
+        """Unload ``name`` from one replica; an engine that no longer has it is fine."""
+        with contextlib.suppress(EngineError):
+            await replica.client.unload_adapter(name)
+        replica.loaded.pop(name, None)
+        self.metrics.adapter_unloaded(workspace, endpoint)
+
+    def stats(self) -> list[dict[str, Any]]:
+        """What each endpoint runs in this server now (read by ``/health`` and ``/metrics``; no I/O)."""
+        out = []
+        for runtime in list(self.runtimes.values()):
+            live = runtime.live
+            out.append({"endpoint_id": runtime.endpoint_id, "workspace": runtime.workspace, "endpoint": runtime.name,
+                        "in_flight": runtime.in_flight, "queued": runtime.waiting,
+                        "replicas": {"ready": live, "lost": runtime.lost + len(runtime.replicas) - live}})
+        return out
 
     def local_copy(self, want: AdapterWant) -> Path:
         """The adapter's files in a local cache folder of their own (atomic; once per content)."""

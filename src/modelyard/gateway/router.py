@@ -29,11 +29,13 @@ from modelyard.gateway.registry import call_registry
 from modelyard.gateway.registry import listed as registry_models
 from modelyard.gateway.resolver import Target, callable_models, not_found, resolve
 from modelyard.gateway.sse import with_model
+from modelyard.observability.metrics import GatewayCall
 
 log = logging.getLogger("modelyard.gateway")
 router = APIRouter(tags=["inference"])
 PREFIX = "/apis/inference-gateway/v2/workspaces/{workspace}/openai/-"
 RETRY_AFTER_S = 5
+_USAGE_IN_STREAM = ("/v1/chat/completions", "/v1/completions")
 
 
 async def _body(request: Request) -> dict[str, Any]:
@@ -103,6 +105,25 @@ async def proxy(request: Request, workspace: str, path: str, body: dict[str, Any
         if exc.code != "model_not_found":
             raise
         return await call_registry(request, workspace, path, body, model)
+    state = request.app.state
+    call = GatewayCall(state.metrics, state.usage, target.workspace, target.endpoint_name, target.endpoint_id,
+                       target.engine_model)
+    request.state.gateway = call  # the access log line names the endpoint, model, replica and tokens
+    try:
+        return await _forward(request, supervisor, target, path, body, requested, call)
+    except ApiError as exc:
+        call.finish(exc.status_code)
+        raise
+    except asyncio.CancelledError:
+        call.finish(499, "cancelled")
+        raise
+    except Exception:
+        call.finish(500, "engine_error")
+        raise
+
+
+async def _forward(request: Request, supervisor: Supervisor, target: Target, path: str, body: dict[str, Any],
+                   requested: str, call: GatewayCall) -> Response:
     runtime = supervisor.runtimes.get(target.endpoint_id)
     replica = runtime.pick() if runtime is not None else None
     if replica is None and target.state == "STARTED" and target.scales_to_zero:
@@ -116,7 +137,16 @@ async def proxy(request: Request, workspace: str, path: str, body: dict[str, Any
         supervisor.wake()  # time to scale out
     if target.prompt is not None:  # the registry model's system prompt and inference parameters
         body = apply_prompt(body, target.prompt)
-    upstream, replica = await _send(supervisor, runtime, replica, path, {**body, "model": target.engine_model})
+    sent = {**body, "model": target.engine_model}
+    client_usage = True
+    if body.get("stream") is True and path in _USAGE_IN_STREAM:  # count a stream's tokens too
+        options = body.get("stream_options")
+        client_usage = isinstance(options, dict) and options.get("include_usage") is True
+        if not client_usage:
+            sent["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+    headers = {"X-Request-ID": request.state.request_id} if "request_id" in request.scope.get("state", {}) else None
+    upstream, replica = await _send(supervisor, runtime, replica, path, sent, headers)
+    call.replica = replica.client.base_url
     is_stream = upstream.headers.get("content-type", "").startswith("text/event-stream")
     if not is_stream:
         try:
@@ -132,15 +162,20 @@ async def proxy(request: Request, workspace: str, path: str, body: dict[str, Any
             try:
                 payload = json.loads(content)
                 payload["model"] = requested
-                return JSONResponse(payload)
             except (ValueError, TypeError):
                 pass
+            else:
+                call.tokens(payload.get("usage"))
+                call.finish(200)
+                return JSONResponse(payload)
+        call.finish(upstream.status_code)
         if upstream.status_code >= 400:
             return Response(_openai_error(content, upstream.status_code), status_code=upstream.status_code,
                             media_type="application/json")
         return Response(content, status_code=upstream.status_code,
                         media_type=upstream.headers.get("content-type", "application/json"))
-    return StreamingResponse(_relay(upstream, replica, requested), status_code=upstream.status_code,
+    return StreamingResponse(_relay(upstream, replica, requested, call, client_usage),
+                             status_code=upstream.status_code,
                              media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
@@ -151,14 +186,16 @@ def _retryable(exc: httpx.HTTPError) -> bool:
         exc, httpx.ReadTimeout | httpx.WriteTimeout)
 
 
-async def _open(replica: Replica, path: str, body: dict[str, Any]) -> httpx.Response:
+async def _open(replica: Replica, path: str, body: dict[str, Any],
+                headers: dict[str, str] | None = None) -> httpx.Response:
     """Send the request to one replica and hand back the response unread (the caller closes it)."""
     http = replica.client.http
-    return await http.send(http.build_request("POST", replica.client.base_url + path, json=body), stream=True)
+    built = http.build_request("POST", replica.client.base_url + path, json=body, headers=headers)
+    return await http.send(built, stream=True)
 
 
 async def _send(supervisor: Supervisor, runtime: Runtime | None, replica: Replica, path: str,
-                body: dict[str, Any]) -> tuple[httpx.Response, Replica]:
+                body: dict[str, Any], headers: dict[str, str] | None = None) -> tuple[httpx.Response, Replica]:
     """Send to ``replica``; if it dies before answering anything (connection refused or reset before
     the response started), send once more to another live replica of the endpoint. The replica that
     answers has the request counted in its ``in_flight`` (the caller lowers it when done)."""
@@ -166,7 +203,7 @@ async def _send(supervisor: Supervisor, runtime: Runtime | None, replica: Replic
     while True:
         replica.in_flight += 1
         try:
-            return await _open(replica, path, body), replica
+            return await _open(replica, path, body, headers), replica
         except httpx.HTTPError as exc:
             replica.in_flight -= 1
             supervisor.wake()  # the replica may have died; let the supervisor look
@@ -240,25 +277,46 @@ async def _wait_for_replica(supervisor: Supervisor, runtime: Runtime) -> Replica
         runtime.waiting -= 1
 
 
-async def _relay(upstream: httpx.Response, replica: Replica, model: str) -> AsyncIterator[bytes]:
+async def _relay(upstream: httpx.Response, replica: Replica, model: str, call: GatewayCall,
+                 client_usage: bool = True) -> AsyncIterator[bytes]:
     """Pass the engine's events on; if the engine goes away mid-stream (or the stream ends without
     ``[DONE]``), end with an error event in OpenAI's shape and ``[DONE]`` so the client knows the answer
     is incomplete (a bare cut looks like a short answer). The error event starts with a blank line: a
-    cut between an event's ``data:`` line and its blank line must not glue the error onto that event."""
+    cut between an event's ``data:`` line and its blank line must not glue the error onto that event.
+
+    The usage chunk (asked of the engine for every stream, to count its tokens) is passed on only
+    when the client asked for it too (``stream_options.include_usage``)."""
     done = False
     problem: str | None = None
+    outcome = "cancelled"  # unless the loop ends: the client went away mid-stream
     try:
         async for line in upstream.aiter_lines():
-            done = done or line.strip() == "data: [DONE]"
+            if line.startswith("data: "):
+                if line == "data: [DONE]" or line.strip() == "data: [DONE]":
+                    done = True
+                elif '"usage"' in line and ('"choices": []' in line or '"choices":[]' in line):
+                    try:
+                        call.tokens(json.loads(line[6:]).get("usage"))
+                    except (ValueError, AttributeError):
+                        pass
+                    if not client_usage:
+                        continue
+                elif call.first is None and '"role"' not in line:
+                    call.first_token()
             yield (with_model(line, model) + "\n").encode()
         if not done and upstream.status_code == 200:
             problem = "the engine replica ended the stream without [DONE]"
+        outcome = "engine_error" if problem else None
     except httpx.HTTPError as exc:
         if not done:
             problem = f"the engine replica stopped while streaming: {exc!r}"
+            outcome = "engine_error"
+        else:
+            outcome = None
     finally:
         await upstream.aclose()
         replica.in_flight -= 1
+        call.finish(upstream.status_code, outcome)
     if problem is not None:
         error = {"error": {"message": problem, "type": "engine_error", "param": None, "code": "engine_unavailable"}}
         yield f"\ndata: {json.dumps(error)}\n\ndata: [DONE]\n\n".encode()
