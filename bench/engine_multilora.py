@@ -1,5 +1,7 @@
-"""Multi-LoRA throughput of the built-in engine against plain peft, on a model where arithmetic dominates.
+"""Multi-LoRA throughput of the built-in engine: on real model shapes (``--shape NAME``, see
+:data:`SHAPE_DOC`) against vLLM's CPU build, or (without ``--shape``) on a fixture model against peft.
 
+Without ``--shape``:
 16 concurrent requests (same prompt length, same max_tokens, greedy) on a fixture llama with
 hidden size 1024 by default (``--hidden``; ``--arch`` picks another fixture architecture: llama3,
 qwen2, gemma3 or mistral, whose sliding window is 16 positions), run five ways in one process:
@@ -104,7 +106,7 @@ def vllm_runs(base: Path, adapter_paths: list[Path], prompts: list[list[int]], m
         process.stop()
 
 
-def main() -> None:
+def fixture_main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=32)
@@ -113,7 +115,7 @@ def main() -> None:
     parser.add_argument("--arch", default="llama", choices=["llama", *ARCHITECTURES],
                         help="fixture architecture (default: the original llama fixture)")
     parser.add_argument("--no-vllm", action="store_true", help="skip the vLLM CPU comparison")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     from modelyard.engine.vllm import vllm_python
 
     with_vllm = not args.no_vllm and vllm_python() != sys.executable
@@ -177,6 +179,174 @@ def main() -> None:
     else:
         print("vllm: skipped (run `make vllm-env` to build vLLM's CPU environment)")
     print(f"distinct/base={distinct / results['engine/base']:.2f} distinct/peft={distinct / results['peft/set_adapter']:.2f}")
+
+
+SHAPE_DOC = """Real model shapes: ``--shape NAME`` (gemma-3-270m, qwen2.5-0.5b, llama-3.2-1b).
+
+A random-weight checkpoint with the model's exact config (built once under ``--work-dir``; a
+tokenizer made locally, nothing downloaded) and rank-8 adapters on q/k/v/o. The built-in engine and
+vLLM's CPU build (same dtype, over HTTP) run the same requests in the same run: every request
+submitted at once, greedy, eos ignored, ``--max-tokens`` each; tokens/s = completion tokens / wall
+time (prefill included). Modes: base, one (every row on one adapter), mixedN (rows spread over N
+distinct adapters). Also printed: the memory-bandwidth bound, i.e. the weights a decode step must
+read (every linear layer, lm_head included, plus the LoRA weights of the adapters in the batch)
+divided by this machine's measured copy bandwidth, and the fraction of it each engine reaches.
+The last line is ``ours_vs_vllm_mixed=X ours_vs_bound=Y`` for the first batch size and prompt
+length with the first mixed mode.
+"""
+
+
+def copy_bandwidth(megabytes: int = 512, repeats: int = 5) -> float:
+    """Bytes moved per second (read + write) by a large tensor copy, the best of ``repeats``."""
+    src = torch.ones(megabytes * 2**20 // 4)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - started)
+    return 2 * src.numel() * 4 / best
+
+
+def shape_workloads(modes: list[str], batches: list[int], prompt_lengths: list[int], names: list[str],
+                    vocab: int, first_id: int) -> list[tuple[str, int, int, list[list[int]], list[str | None]]]:
+    gen = torch.Generator().manual_seed(0)
+    runs = []
+    for prompt_tokens in prompt_lengths:
+        for batch in batches:
+            prompts = [torch.randint(first_id, vocab, (prompt_tokens,), generator=gen).tolist() for _ in range(batch)]
+            for mode in modes:
+                if mode == "base":
+                    adapters: list[str | None] = [None] * batch
+                elif mode == "one":
+                    adapters = [names[0]] * batch
+                else:
+                    distinct = int(mode.removeprefix("mixed"))
+                    adapters = [names[i % distinct] for i in range(batch)]
+                runs.append((mode, batch, prompt_tokens, prompts, adapters))
+    return runs
+
+
+def vllm_shape_runs(base: Path, adapter_paths: list[Path], runs: list, max_tokens: int, dtype: str,
+                    log: Path, repeats: int) -> list[float]:
+    from modelyard.engine.vllm import start_vllm
+
+    longest = max(len(r[3][0]) for r in runs) + max_tokens
+    process = start_vllm(str(base), served_name="base", log_path=log, max_loras=len(adapter_paths), max_lora_rank=8,
+                         max_model_len=longest, dtype=dtype, extra=["--max-num-seqs", str(max(r[1] for r in runs))])
+
+    async def workload(client: EngineClient, prompts: list[list[int]], models: list[str], tokens: int) -> float:
+        async def one(ids: list[int], model: str) -> int:
+            body = {"model": model, "prompt": ids, "max_tokens": tokens, "temperature": 0, "ignore_eos": True}
+            return (await client.create("/v1/completions", body))["usage"]["completion_tokens"]
+
+        started = time.perf_counter()
+        done = await asyncio.gather(*(one(ids, m) for ids, m in zip(prompts, models, strict=True)))
+        return sum(done) / (time.perf_counter() - started)
+
+    async def all_runs() -> list[float]:
+        async with EngineClient(process.url) as client:
+            names = [p.name for p in adapter_paths]
+            for name, path in zip(names, adapter_paths, strict=True):
+                await client.load_adapter(name, str(path), max_rank=8)
+            await workload(client, [runs[0][3][0]] * len(names), names, 4)  # warm-up: every adapter into a slot
+            results = []
+            for _mode, _batch, _plen, prompts, adapters in runs:
+                models = [a or "base" for a in adapters]
+                results.append(max([await workload(client, prompts, models, max_tokens) for _ in range(repeats)]))
+            return results
+
+    try:
+        return asyncio.run(all_runs())
+    finally:
+        process.stop()
+
+
+def shape_main(argv: list[str] | None = None) -> None:
+    from modelyard.engine.fixtures import REAL_SHAPES, build_random_adapters, build_shape_model
+    from modelyard.engine.vllm import vllm_python
+
+    parser = argparse.ArgumentParser(description=SHAPE_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", required=True, choices=sorted(REAL_SHAPES))
+    parser.add_argument("--batch", default="8", help="comma-separated batch sizes (the full matrix: 1,8,32)")
+    parser.add_argument("--prompt-tokens", default="128", help="comma-separated prompt lengths (full: 128,1024)")
+    parser.add_argument("--modes", default="base,one,mixed4",
+                        help="comma-separated: base, one, mixedN (N distinct adapters); full: base,one,mixed4,mixed16")
+    parser.add_argument("--full", action="store_true", help="the whole matrix (long): batch 1,8,32, prompt 128,1024, "
+                        "base,one,mixed4,mixed16")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each workload (the best is kept)")
+    parser.add_argument("--work-dir", type=Path, default=Path.home() / ".cache" / "modelyard" / "bench-shapes",
+                        help="where checkpoints and adapters are built (reused across runs)")
+    parser.add_argument("--no-vllm", action="store_true", help="skip vLLM's CPU build")
+    args = parser.parse_args(argv)
+    if args.full:
+        args.batch, args.prompt_tokens, args.modes = "1,8,32", "128,1024", "base,one,mixed4,mixed16"
+    batches = [int(b) for b in args.batch.split(",")]
+    prompt_lengths = [int(p) for p in args.prompt_tokens.split(",")]
+    modes = args.modes.split(",")
+    for mode in modes:
+        if mode not in ("base", "one") and not (mode.startswith("mixed") and mode[5:].isdigit()):
+            parser.error(f"unknown mode {mode!r}")
+    n_adapters = max([1] + [int(m[5:]) for m in modes if m.startswith("mixed")])
+    with_vllm = not args.no_vllm and vllm_python() != sys.executable
+
+    root = args.work_dir / args.shape
+    started = time.perf_counter()
+    base = build_shape_model(root / "base", args.shape)
+    adapter_paths = build_random_adapters(base, [root / f"a{i:02d}" for i in range(n_adapters)])
+    names = [p.name for p in adapter_paths]
+    print(f"built {args.shape} and {n_adapters} adapters in {time.perf_counter() - started:.0f}s", flush=True)
+
+    bandwidth = copy_bandwidth()
+    engine = Engine(base, max_loras=n_adapters, max_lora_rank=8, max_batch=max(batches), dtype=args.dtype)
+    engine.eos_token_ids = set()  # every request runs max_tokens, as vLLM's ignore_eos
+    for name, path in zip(names, adapter_paths, strict=True):
+        engine.load_adapter(name, str(path))
+    element = torch.finfo(getattr(torch, args.dtype)).bits // 8
+    base_bytes = sum(i * o * element for i, o in engine.layer_shapes.values())
+    lora_per_adapter = sum(8 * (i + o) * element for m, (i, o) in engine.layer_shapes.items()
+                           if m.rsplit(".", 1)[-1] in ("q_proj", "k_proj", "v_proj", "o_proj"))
+    first_id = len(ARCHITECTURES[str(REAL_SHAPES[args.shape]["arch"])].special_tokens)
+    runs = shape_workloads(modes, batches, prompt_lengths, names, engine.vocab_size, first_id)
+    engine_run(engine, [runs[0][3][0]] * 2, [None, names[0]], 4)  # warm-up
+    ours = []
+    for mode, batch, plen, prompts, adapters in runs:
+        ours.append(max(engine_run(engine, prompts, adapters, args.max_tokens) for _ in range(args.repeats)))
+        print(f"  ours {mode:<8} batch={batch:<3} prompt={plen:<5} tokens_per_s={ours[-1]:8.1f}", flush=True)
+    engine.shutdown()
+    del engine
+    theirs: list[float | None] = [None] * len(runs)
+    if with_vllm:
+        with tempfile.TemporaryDirectory(prefix="modelyard-bench-") as tmp:
+            theirs = vllm_shape_runs(base, adapter_paths, runs, args.max_tokens, args.dtype, Path(tmp) / "vllm.log",
+                                     args.repeats)
+
+    print(f"shape={args.shape} dtype={args.dtype} max_tokens={args.max_tokens} threads={torch.get_num_threads()}")
+    print(f"weights read per decode step: {base_bytes / 1e9:.3f} GB (+{lora_per_adapter / 1e6:.1f} MB per distinct "
+          f"adapter); copy bandwidth {bandwidth / 1e9:.1f} GB/s; bound step {base_bytes / bandwidth * 1e3:.1f} ms")
+    print(f"{'mode':<8} {'batch':>5} {'prompt':>6} {'ours':>8} {'vllm':>8} {'ours/vllm':>9} {'bound':>8} "
+          f"{'ours/bound':>10} {'vllm/bound':>10}")
+    summary = None
+    for (mode, batch, plen, _p, adapters), o, v in zip(runs, ours, theirs, strict=True):
+        distinct = len({a for a in adapters if a})
+        bound = batch / ((base_bytes + distinct * lora_per_adapter) / bandwidth)
+        ratio = f"{o / v:9.2f}" if v else f"{'-':>9}"
+        print(f"{mode:<8} {batch:>5} {plen:>6} {o:8.1f} {v or 0:8.1f} {ratio} {bound:8.1f} {o / bound:10.2f} "
+              f"{(v or 0) / bound:10.2f}")
+        if summary is None and mode.startswith("mixed"):
+            summary = (o / v if v else float("nan"), o / bound)
+    if summary is None:
+        summary = (ours[0] / theirs[0] if theirs[0] else float("nan"), ours[0] / (batches[0] * bandwidth / base_bytes))
+    print(f"ours_vs_vllm_mixed={summary[0]:.2f} ours_vs_bound={summary[1]:.2f}")
+
+
+def main() -> None:
+    if any(a == "--shape" or a.startswith("--shape=") for a in sys.argv[1:]):
+        shape_main()
+    else:
+        fixture_main()
 
 
 if __name__ == "__main__":

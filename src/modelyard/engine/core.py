@@ -98,11 +98,13 @@ class Engine:
         max_lora_rank: int = 16,
         max_batch: int = 32,
         served_name: str | None = None,
+        dtype: str | torch.dtype = "float32",
     ) -> None:
         self.model_path = str(model_path)
         self.served_name = served_name or self.model_path
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-        self.model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32).eval()
+        self.dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        self.model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=self.dtype).eval()
         self.max_context = int(getattr(self.model.config, "max_position_embeddings", 2048) or 2048)
         self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0])  # logits per position
         generation_config = _generation_config(self.model_path)

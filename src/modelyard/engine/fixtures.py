@@ -341,3 +341,126 @@ def build_fixture_set(
             build_adapter(paths["base"], paths[name], ADAPTER_TEXTS[name], rank=rank, seed=i)
     marker.write_text(json.dumps(wanted))
     return paths
+
+
+# ----- real model shapes (benches): a model's exact config, random weights -------------------------
+
+REAL_SHAPES: dict[str, dict[str, object]] = {
+    # google/gemma-3-270m: 18 layers, 5 sliding (512) to 1 full, head_dim 256, a 262k vocabulary (tied)
+    "gemma-3-270m": {
+        "arch": "gemma3", "vocab_size": 262_144, "hidden_size": 640, "intermediate_size": 2048,
+        "num_hidden_layers": 18, "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 256,
+        "max_position_embeddings": 32_768, "sliding_window": 512, "query_pre_attn_scalar": 256,
+        "rms_norm_eps": 1e-6, "tie_word_embeddings": True,
+        "layer_types": ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(18)],
+        "rope_parameters": {
+            "full_attention": {"rope_type": "default", "rope_theta": 1_000_000.0},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
+        },
+    },
+    # Qwen/Qwen2.5-0.5B: 24 layers, 14 heads / 2 kv heads of 64, biases on q/k/v, tied embeddings
+    "qwen2.5-0.5b": {
+        "arch": "qwen2", "vocab_size": 151_936, "hidden_size": 896, "intermediate_size": 4864,
+        "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2,
+        "max_position_embeddings": 32_768, "rms_norm_eps": 1e-6, "tie_word_embeddings": True,
+        "use_sliding_window": False, "rope_parameters": {"rope_type": "default", "rope_theta": 1_000_000.0},
+    },
+    # meta-llama/Llama-3.2-1B: 16 layers, 32 heads / 8 kv heads of 64, llama3 rope scaling, tied embeddings
+    "llama-3.2-1b": {
+        "arch": "llama3", "vocab_size": 128_256, "hidden_size": 2048, "intermediate_size": 8192,
+        "num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64,
+        "max_position_embeddings": 131_072, "rms_norm_eps": 1e-5, "tie_word_embeddings": True,
+        "rope_parameters": {"rope_type": "llama3", "rope_theta": 500_000.0, "factor": 32.0, "low_freq_factor": 1.0,
+                            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+    },
+}
+
+
+def build_shape_tokenizer(out_dir: Path, vocab_size: int, arch: Architecture) -> None:
+    """A byte-level tokenizer with exactly ``vocab_size`` ids, made here: the family's special tokens,
+    the 256 byte symbols, and filler tokens (strings of letters) up to the size. No merges are
+    needed: bench prompts are token ids, and every id decodes to some text."""
+    import string
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab: dict[str, int] = {}
+    for token in [*arch.special_tokens, *sorted(pre_tokenizers.ByteLevel.alphabet())]:
+        vocab.setdefault(token, len(vocab))
+    letters = string.ascii_lowercase
+    n = 0
+    while len(vocab) < vocab_size:
+        word, k = "", n
+        while True:
+            word, k = letters[k % 26] + word, k // 26
+            if not k:
+                break
+        vocab.setdefault("Ġ" + word, len(vocab))
+        n += 1
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    names = {"bos_token": arch.bos, "eos_token": arch.eos, "pad_token": arch.pad}
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, **{k: v for k, v in names.items() if v})
+    fast.add_special_tokens({"additional_special_tokens": list(arch.special_tokens)})
+    fast.chat_template = arch.chat_template
+    fast.save_pretrained(out_dir)
+
+
+def build_shape_model(out_dir: Path, shape: str, seed: int = 0) -> Path:
+    """A checkpoint with the exact config of the real model ``shape`` (a key of :data:`REAL_SHAPES`)
+    and random weights (throughput does not depend on their values), with a tokenizer made here.
+    Reuses a complete earlier build in ``out_dir``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, Gemma3TextConfig, LlamaConfig, Qwen2Config
+
+    out_dir = Path(out_dir)
+    marker = out_dir / "shape.json"
+    if marker.exists() and json.loads(marker.read_text()) == {"shape": shape, "seed": seed}:
+        return out_dir
+    spec = dict(REAL_SHAPES[shape])
+    arch = ARCHITECTURES[str(spec.pop("arch"))]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    build_shape_tokenizer(out_dir, int(spec["vocab_size"]), arch)
+    token_id = AutoTokenizer.from_pretrained(out_dir).convert_tokens_to_ids
+    ids = {f"{name}_token_id": token_id(getattr(arch, name)) if getattr(arch, name) else None
+           for name in ("bos", "eos", "pad")}
+    cls = {"gemma3": Gemma3TextConfig, "qwen2": Qwen2Config, "llama3": LlamaConfig}[arch.name]
+    config = cls(**spec, **ids)
+    torch.manual_seed(seed)
+    with torch.device("cpu"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.no_grad():
+        for name, param in model.named_parameters():  # small random weights: finite activations everywhere
+            if param.ndim > 1:
+                param.normal_(0.0, 0.02)
+            else:  # norms scale by 1 (Gemma's by 1 + w), biases 0
+                param.fill_(0.0 if name.endswith("bias") or arch.name == "gemma3" else 1.0)
+    stops = [token_id(t) for t in arch.stop_tokens]
+    model.generation_config = GenerationConfig(bos_token_id=ids["bos_token_id"], pad_token_id=ids["pad_token_id"],
+                                               eos_token_id=stops if len(stops) > 1 else stops[0], **arch.sampling)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    marker.write_text(json.dumps({"shape": shape, "seed": seed}))
+    return out_dir
+
+
+def build_random_adapters(base_dir: Path, out_dirs: list[Path], *, rank: int = 8,
+                          targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")) -> list[Path]:
+    """PEFT LoRA adapters with random (non-zero) A and B on ``targets``, one per directory, from one
+    load of the base model (benches: their values do not matter, only their shapes)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    todo = [Path(d) for d in out_dirs if not (Path(d) / "adapter_model.safetensors").exists()]
+    if todo:
+        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+        peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(targets),
+                                                      lora_dropout=0.0, init_lora_weights=False))
+        lora = [p for n, p in peft_model.named_parameters() if "lora_" in n]
+        for i, out_dir in enumerate(todo):
+            torch.manual_seed(1000 + i)
+            with torch.no_grad():
+                for p in lora:
+                    p.normal_(0.0, 0.02)
+            peft_model.save_pretrained(out_dir, safe_serialization=True)
+    return [Path(d) for d in out_dirs]
