@@ -1,7 +1,9 @@
-"""Latency the gateway adds over calling the engine replica directly, and the server CPU auth costs.
+"""Latency the gateway adds over calling the engine replica directly, and the server CPU that auth and
+observability (metrics and usage records) cost.
 
-Starts two real servers in the same run, each with one running endpoint (see serving_stack.py): one
-with ``MODELYARD_AUTH=off`` and one with auth on. On the auth-on server the bench reads the
+Starts three real servers in the same run, each with one running endpoint (see serving_stack.py):
+``bare`` (``MODELYARD_AUTH=off``, metrics and usage off), ``auth`` (auth on, metrics and usage off)
+and ``full`` (auth, metrics and usage all on, the default). On the auth-on servers the bench reads the
 PlatformAdmin key the server wrote to its ``MODELYARD_HOME/credentials``, and with it mints a
 non-admin key (``bench@example.com``) whose default workspace is ``default``: the gateway requests
 carry that key, as an OpenAI SDK would (no ``X-Modelyard-Workspace``).
@@ -14,10 +16,13 @@ the server process's own CPU time (user+system, not its engine's) per gateway re
 measured over the gateway phases: raw, and less the server's background work (the supervisor), whose
 rate is measured while the engine is called directly.
 
-Last line: ``added_p50_ms=X.XX added_p99_ms=Y.YY`` (auth on, at the first concurrency level, where
-the difference is the gateway's own cost rather than queueing in the engine), then
-``raw_…`` figures, then ``cpu_off_ms_per_request=… cpu_on_ms_per_request=… ratio=…
-auth_cpu_ms_per_request=…`` (all levels pooled, background work taken out).
+Last lines: ``added_p50_ms=X.XX added_p99_ms=Y.YY`` (``full``, at the first concurrency level, where
+the difference is the gateway's own cost rather than queueing in the engine), then ``raw_…`` figures,
+then ``cpu_bare_ms_per_request=… cpu_auth_ms_per_request=… cpu_full_ms_per_request=…
+auth_cpu_ms_per_request=… observe_cpu_ms_per_request=…`` (all levels pooled, background work taken out).
+
+``--target provider`` measures the gateway in front of a provider instead, against LiteLLM's proxy
+(see provider_target.py).
 """
 
 from __future__ import annotations
@@ -39,7 +44,11 @@ from serving_stack import serving_stack
 from modelyard.client import Modelyard
 from modelyard.client.credentials import read_credentials
 
-MODES = ("off", "on")
+MODES = {
+    "bare": {"MODELYARD_AUTH": "off", "MODELYARD_METRICS": "off", "MODELYARD_USAGE": "off"},
+    "auth": {"MODELYARD_AUTH": "on", "MODELYARD_METRICS": "off", "MODELYARD_USAGE": "off"},
+    "full": {"MODELYARD_AUTH": "on", "MODELYARD_METRICS": "on", "MODELYARD_USAGE": "on"},
+}
 BENCH_PRINCIPAL = "bench@example.com"
 
 
@@ -75,19 +84,20 @@ def _keyed_client(url: str, **kwargs: object) -> Modelyard:
 
 @contextlib.contextmanager
 def stack_for(mode: str, root: Path):
-    """A serving stack whose server runs with ``MODELYARD_AUTH=<mode>``."""
-    saved = os.environ.get("MODELYARD_AUTH"), tempfile.tempdir
-    os.environ["MODELYARD_AUTH"] = mode
+    """A serving stack whose server runs with the mode's settings."""
+    saved = {name: os.environ.get(name) for name in MODES[mode]}, tempfile.tempdir
+    os.environ.update(MODES[mode])
     tempfile.tempdir = str(root)
     try:
         context = serving_stack(adapters=1)
         stack = context.__enter__()
     finally:
         tempfile.tempdir = saved[1]
-        if saved[0] is None:
-            os.environ.pop("MODELYARD_AUTH", None)
-        else:
-            os.environ["MODELYARD_AUTH"] = saved[0]
+        for name, value in saved[0].items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     try:
         yield stack
     finally:
@@ -115,7 +125,7 @@ def prepare(stack, mode: str) -> dict:
     adapter = stack.adapters[0]
     stack.client.endpoints.adapters.add(stack.endpoint.id, model_id=f"{stack.endpoint.name}:{adapter}")
     headers: dict[str, str] = {}
-    if mode == "on":
+    if MODES[mode]["MODELYARD_AUTH"] == "on":
         admin = (read_credentials(stack.home).get("default") or {}).get("api_key")
         if not admin:
             raise SystemExit(f"no key in {stack.home}/credentials")
@@ -169,7 +179,15 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--requests", type=int, default=400, help="per server, path and concurrency level")
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--target", choices=("engine", "provider"), default="engine",
+                        help="engine: an endpoint replica (three server modes); provider: a stand-in provider, "
+                             "direct vs Modelyard vs LiteLLM")
     args = parser.parse_args()
+    if args.target == "provider":
+        import provider_target
+
+        provider_target.main(args.concurrency, args.requests, args.rounds)
+        return
     original = stack_module.Modelyard
     stack_module.Modelyard = _keyed_client  # serving_stack's client must carry the auth-on server's key
     try:
@@ -182,7 +200,7 @@ def main() -> None:
             results = asyncio.run(run(targets, args.concurrency, args.requests, args.rounds))
     finally:
         stack_module.Modelyard = original
-    print("auth concurrency  path     p50_ms   p99_ms  (completion, 4 tokens, built-in engine, tiny model)")
+    print("mode concurrency  path     p50_ms   p99_ms  (completion, 4 tokens, built-in engine, tiny model)")
     added: dict[tuple[str, int], tuple[float, float]] = {}
     cpu = {m: [0.0, 0] for m in MODES}  # server CPU less its background work, requests
     raw = {m: [0.0, 0] for m in MODES}
@@ -204,15 +222,15 @@ def main() -> None:
             cpu[mode][1] += out["n"]
             raw[mode][0] += out["cpu"]
             raw[mode][1] += out["n"]
-    off, on = (cpu[m][0] / cpu[m][1] * 1000 for m in MODES)
-    raw_off, raw_on = (raw[m][0] / raw[m][1] * 1000 for m in MODES)
+    bare, auth, full = (cpu[m][0] / cpu[m][1] * 1000 for m in MODES)
+    raw_bare, raw_auth, raw_full = (raw[m][0] / raw[m][1] * 1000 for m in MODES)
     first = args.concurrency[0]
-    print(f"added_p50_ms={added['on', first][0]:.2f} added_p99_ms={added['on', first][1]:.2f} "
-          f"added_p50_ms_auth_off={added['off', first][0]:.2f}")
-    print(f"raw_cpu_off_ms_per_request={raw_off:.3f} raw_cpu_on_ms_per_request={raw_on:.3f} "
-          f"raw_ratio={raw_on / raw_off:.3f} raw_auth_cpu_ms_per_request={raw_on - raw_off:.3f}")
-    print(f"cpu_off_ms_per_request={off:.3f} cpu_on_ms_per_request={on:.3f} ratio={on / off:.3f} "
-          f"auth_cpu_ms_per_request={on - off:.3f}")
+    print(f"added_p50_ms={added['full', first][0]:.2f} added_p99_ms={added['full', first][1]:.2f} "
+          f"added_p50_ms_bare={added['bare', first][0]:.2f}")
+    print(f"raw_cpu_bare_ms_per_request={raw_bare:.3f} raw_cpu_auth_ms_per_request={raw_auth:.3f} "
+          f"raw_cpu_full_ms_per_request={raw_full:.3f} raw_observe_cpu_ms_per_request={raw_full - raw_auth:.3f}")
+    print(f"cpu_bare_ms_per_request={bare:.3f} cpu_auth_ms_per_request={auth:.3f} cpu_full_ms_per_request={full:.3f} "
+          f"auth_cpu_ms_per_request={auth - bare:.3f} observe_cpu_ms_per_request={full - auth:.3f}")
 
 
 if __name__ == "__main__":

@@ -86,6 +86,7 @@ def _reset(url: str) -> None:
         session.execute(sa.text("DELETE FROM secrets"))
         session.execute(sa.text("DELETE FROM model_providers"))
         session.execute(sa.text("DELETE FROM virtual_models"))
+        session.execute(sa.text("DELETE FROM usage_minutes"))
         session.execute(sa.text("DELETE FROM workspaces WHERE name NOT IN ('default', 'system')"))
         # each test's server has its own home, so its own keyring: keys signed under another are unreadable
         session.execute(sa.text("DELETE FROM access_keys"))

@@ -47,6 +47,8 @@ from modelyard.observability.middleware import Observe, RequestIdFilter
 from modelyard.providers.poller import ProviderPoller
 from modelyard.providers.router import router as providers_router
 from modelyard.secrets.router import router as secrets_router
+from modelyard.usage.recorder import UsageRecorder
+from modelyard.usage.router import router as usage_router
 from modelyard.virtual_models.router import router as virtual_models_router
 from modelyard.workspaces.router import router as workspaces_router
 
@@ -170,11 +172,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await supervisor.start()
         app.state.provider_poller = ProviderPoller(db, settings, app.state)
         await app.state.provider_poller.start()
+        app.state.usage = UsageRecorder(db, settings.usage_flush_interval) if settings.usage == "on" else None
+        if app.state.usage is not None:
+            await app.state.usage.start()
         try:
             yield
         finally:
             await app.state.provider_poller.stop()
             await supervisor.stop()
+            if app.state.usage is not None:
+                await app.state.usage.stop()  # the last flush: nothing counted is lost on a clean stop
             app.state.authority.close()
             db.dispose()
 
@@ -191,7 +198,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (
         workspaces_router, models_router, adapters_router, filesets_router, endpoints_router, gateway_router,
         auth_router, secrets_router, audit_router, providers_router, gateway_registry_router, messages_router,
-        virtual_models_router,
+        virtual_models_router, usage_router,
     ):
         app.include_router(router)
 

@@ -89,6 +89,15 @@ def test_gateway_traffic_is_counted_by_endpoint_adapter_and_outcome(
     assert value(engine, "vllm:generation_tokens_total") == sum(
         value(samples, "modelyard_gateway_completion_tokens_total", **key, model=m) for m in ("pirate", endpoint.name))
 
+    # and the usage records: per model, this minute, tokens included (the stream's too)
+    rows = httpx.get(live_server + "/v1/usage", params={"granularity": "minute"}, headers=AUTH()).json()["data"]
+    pirate = [r for r in rows if r["model"] == "pirate"]
+    assert sum(r["requests"] for r in pirate) == 4 and sum(r["errors"] for r in pirate) == 0
+    assert sum(r["completion_tokens"] for r in pirate) == \
+        value(samples, "modelyard_gateway_completion_tokens_total", **key, model="pirate")
+    assert all(r["endpoint_id"] == endpoint.id and r["latency_ms"]["p50"] > 0 for r in pirate)
+    assert sum(r["requests"] for r in rows if r["model"] == endpoint.name) == 1
+
     lines = [r for r in caplog.records if r.getMessage() == "request" and getattr(r, "request_id", None) == "trace-42"]
     assert len(lines) == 1
     line = lines[0]

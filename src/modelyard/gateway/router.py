@@ -65,13 +65,17 @@ async def _resolve(request: Request, supervisor: Supervisor, workspace: str, mod
     key = (supervisor.generation, workspace, model)
     hit = cache.get(key)
     now = time.monotonic()
-    if hit is not None and hit[0] > now:
-        return _readable(request, hit[1], model)
-    target = await in_db(request.app.state.db, lambda s: resolve(s, workspace, model))
-    if len(cache) > 10_000:
-        cache.clear()
-    cache[key] = (now + _CACHE_TTL_S, target)
-    return _readable(request, target, model)
+    if hit is None or hit[0] <= now:
+        try:
+            target: Target | ApiError = await in_db(request.app.state.db, lambda s: resolve(s, workspace, model))
+        except ApiError as exc:  # remembered too: a registry model's name is looked up here on every call
+            target = exc
+        if len(cache) > 10_000:
+            cache.clear()
+        hit = cache[key] = (now + _CACHE_TTL_S, target)
+    if isinstance(hit[1], ApiError):
+        raise hit[1].with_traceback(None)  # a fresh traceback each time (they would pile up on the object)
+    return _readable(request, hit[1], model)
 
 
 def _readable(request: Request, target: Target, model: str) -> Target:
@@ -107,7 +111,7 @@ async def proxy(request: Request, workspace: str, path: str, body: dict[str, Any
         return await call_registry(request, workspace, path, body, model)
     state = request.app.state
     call = GatewayCall(state.metrics, state.usage, target.workspace, target.endpoint_name, target.endpoint_id,
-                       target.engine_model)
+                       target.engine_model, caller=workspace)
     request.state.gateway = call  # the access log line names the endpoint, model, replica and tokens
     try:
         return await _forward(request, supervisor, target, path, body, requested, call)

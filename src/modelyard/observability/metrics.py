@@ -171,13 +171,16 @@ class GatewayCall:
     tokens (from the answer's ``usage``) and the timings in the metrics and the usage records, and
     leaves a summary for the access log line."""
 
-    __slots__ = ("completion_tokens", "done", "endpoint", "endpoint_id", "first", "metrics", "model", "prompt_tokens",
-                 "replica", "started", "status", "usage", "workspace")
+    __slots__ = ("caller", "completion_tokens", "done", "endpoint", "endpoint_id", "first", "metrics", "model",
+                 "prompt_tokens", "replica", "started", "status", "usage", "workspace")
 
     def __init__(self, metrics: ServerMetrics | None, usage: Any, workspace: str, endpoint: str,
-                 endpoint_id: str | None, model: str, started: float | None = None) -> None:
+                 endpoint_id: str | None, model: str, started: float | None = None, caller: str | None = None) -> None:
         self.metrics = metrics if metrics is not None and metrics.enabled else None
         self.usage = usage
+        self.caller = caller or workspace
+        """The workspace the request acted in: its usage is counted there (a public endpoint's owner
+        sees its load in the metrics, labelled with the endpoint's own workspace)."""
         self.workspace, self.endpoint, self.endpoint_id, self.model = workspace, endpoint, endpoint_id, model
         self.started = started if started is not None else time.perf_counter()
         self.first: float | None = None
@@ -218,7 +221,7 @@ class GatewayCall:
                 if self.completion_tokens > 1:
                     m.tpot.labels(*key).observe((now - self.first) / (self.completion_tokens - 1))
         if self.usage is not None and self.model:
-            self.usage.record(workspace=self.workspace, model=self.model, endpoint_id=self.endpoint_id,
+            self.usage.record(workspace=self.caller, model=self.model, endpoint_id=self.endpoint_id,
                               ok=outcome == "ok", prompt_tokens=self.prompt_tokens,
                               completion_tokens=self.completion_tokens, latency_s=now - self.started)
         return self.summary()
