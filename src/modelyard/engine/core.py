@@ -28,8 +28,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, GenerationConfig
+from transformers import AttentionInterface, AutoModelForCausalLM, AutoTokenizer, DynamicCache, GenerationConfig
 from transformers.cache_utils import get_layer_types_and_kwargs
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from modelyard.engine.lora import AdapterError, LoraBank, LoraWeights, base_layer_shapes, read_adapter
 
@@ -99,6 +100,7 @@ class Engine:
         max_batch: int = 32,
         served_name: str | None = None,
         dtype: str | torch.dtype = "float32",
+        kv_cache_bytes: int | None = None,
     ) -> None:
         self.model_path = str(model_path)
         self.served_name = served_name or self.model_path
@@ -117,6 +119,9 @@ class Engine:
         self.max_batch = max_batch
         self.layer_shapes = base_layer_shapes(self.model)
         self.bank = LoraBank(self.model, slots=max_loras, max_rank=max_lora_rank)
+        self.kv_cache_bytes = int(kv_cache_bytes) if kv_cache_bytes else _default_kv_bytes()
+        self.kv = StaticKV(self.windows)
+        self.fast = self._probe_static_path()
 
         self.adapters: dict[str, str] = {}  # loaded adapters: name -> path
         self.cpu_cache: OrderedDict[str, LoraWeights] = OrderedDict()
@@ -216,7 +221,7 @@ class Engine:
                     self._retire(retired)
                     self._admit(incoming)
                     if self.running:
-                        self._decode_step()
+                        self._decode_step() if not self.fast else self._decode_static()
             except Exception as exc:
                 log.exception("engine step failed")
                 for gen in self.running + incoming:
@@ -224,6 +229,7 @@ class Engine:
                         gen.emit(("error", f"engine error: {exc}"))
                 self.running, self.cache, self.mask = [], None, None
                 self.rows_per_slot.clear()
+                self.kv.prefill = None
 
     def _retire(self, names: set[str]) -> None:
         """Unloaded adapters leave their slots; one still in use is renamed so no new request
@@ -271,9 +277,22 @@ class Engine:
     def _admit(self, incoming: list[Generation]) -> None:
         waiting: list[Generation] = []
         for gen in incoming:
-            if len(self.running) >= self.max_batch:
+            if waiting or len(self.running) >= self.max_batch:  # first come, first served
                 waiting.append(gen)
                 continue
+            if not gen.prompt_ids or len(gen.prompt_ids) >= self.max_context:
+                gen.emit(("error", f"the prompt has {len(gen.prompt_ids)} tokens; this model's context is "
+                                   f"{self.max_context}"))
+                continue
+            if self.fast:
+                need = self._kv_bytes_with(gen)
+                if need > self.kv_cache_bytes:
+                    if self.running:  # wait for rows to finish and free KV cache
+                        waiting.append(gen)
+                        continue
+                    gen.emit(("error", f"the request needs {need} bytes of KV cache, above this engine's "
+                                       f"budget of {self.kv_cache_bytes} (--kv-cache-bytes)"))
+                    continue
             try:
                 slot = self._slot_for(gen.adapter)
             except UnknownAdapter:
@@ -284,7 +303,7 @@ class Engine:
                 continue
             gen.slot = slot
             self.rows_per_slot[slot] = self.rows_per_slot.get(slot, 0) + 1
-            self._prefill(gen)
+            self._prefill(gen) if not self.fast else self._prefill_static(gen)
         if waiting:
             with self.cond:
                 self.pending.extendleft(reversed(waiting))
@@ -326,11 +345,122 @@ class Engine:
         if len(keep) != len(rows):
             self._select(keep)
 
+    # ----- the static-cache path ------------------------------------------------------------------
+    #
+    # Row i of the running batch is row i of every layer's preallocated K/V buffer (see StaticKV), and
+    # writes position p at column p % length, where length is the layer's sliding window (a ring) or
+    # the buffer's capacity (full layers). Each step builds one boolean mask per layer length, which
+    # the attention function (registered with transformers as "modelyard_static") hands to
+    # transformers' own SDPA; transformers' per-step mask creation is skipped. A finished row's last
+    # batch row moves into its place: nothing else is copied when rows join or leave.
+
+    def _reserve(self, gen: Generation) -> int:
+        return min(len(gen.prompt_ids) + gen.params.max_tokens, self.max_context)
+
+    def _kv_bytes_with(self, gen: Generation) -> int:
+        capacity = max([self._reserve(gen)] + [self._reserve(g) for g in self.running])
+        return self.kv.bytes_for(len(self.running) + 1, _round_up(capacity, self.max_context))
+
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, **extra: Any) -> torch.Tensor:
+        out = self.model(input_ids=ids, position_ids=positions, attention_mask=_NO_MASK,
+                         use_cache=True, **{self._cache_arg: self.kv}, **extra)
+        return out.logits
+
+    def _prefill_static(self, gen: Generation) -> None:
+        row, n = len(self.running), len(gen.prompt_ids)
+        capacity = max([self._reserve(gen)] + [self._reserve(g) for g in self.running])
+        self.kv.ensure(row + 1, _round_up(capacity, self.max_context), self.max_batch, self.kv_cache_bytes)
+        self.bank.set_rows([gen.slot])
+        self.kv.start_prefill(row, n)
+        try:
+            logits = self._forward(torch.tensor([gen.prompt_ids]), torch.arange(n).unsqueeze(0), **self._keep_last)
+        finally:
+            self.kv.prefill = None
+        gen.position = n
+        if self._advance(gen, logits[0, -1]):
+            self._release(gen)
+            return
+        self.running.append(gen)
+
+    def _decode_static(self) -> None:
+        rows = self.running
+        positions = torch.tensor([g.position for g in rows], dtype=torch.long)
+        self.kv.start_decode(positions)
+        self.bank.set_rows([g.slot for g in rows])
+        logits = self._forward(torch.tensor([[g.output_ids[-1]] for g in rows]), positions.unsqueeze(1))[:, -1]
+        self.steps += 1
+        greedy = [g.params.temperature <= 0 and not g.params.shapes_logits for g in rows]
+        tokens = logits.argmax(-1).tolist() if any(greedy) else [None] * len(rows)  # one op for the batch
+        done: list[int] = []
+        for i, gen in enumerate(rows):
+            gen.position += 1
+            token = tokens[i] if greedy[i] else _sample(logits[i], gen)
+            if self._advance(gen, token=token):
+                self._release(gen)
+                done.append(i)
+        for i in reversed(done):  # the last row fills the gap
+            last = len(self.running) - 1
+            if i != last:
+                self.kv.move(last, i)
+                self.running[i] = self.running[last]
+            self.running.pop()
+
+    def _probe_static_path(self) -> bool:
+        """Run a short prompt through the static-cache path and through a plain forward pass; use the
+        static path only if the model calls its hooks (cache.update and transformers' attention
+        interface, every layer) and the logits agree. Otherwise the generic path serves, correctly."""
+        self._cache_arg = "cache" if "cache" in _parameters(self.model.forward) else "past_key_values"
+        self._keep_last = {"logits_to_keep": 1} if "logits_to_keep" in _parameters(self.model.forward) else {}
+        layers = len(self.windows)
+        n = min(min([w for w in self.windows if w] or [16]) + 4, self.max_context - 4, 64)
+        ids = torch.arange(3, 3 + n + 3).remainder(self.vocab_size).unsqueeze(0)
+        try:
+            attention = [m for m in self.model.modules() if hasattr(m, "layer_idx") and hasattr(m, "o_proj")]
+            if len(attention) != layers:
+                raise RuntimeError(f"{len(attention)} attention modules for {layers} cache layers")
+            for module in attention:
+                module._modelyard_kv = self.kv
+            config = self.model.config
+            original = config._attn_implementation
+            with torch.inference_mode():
+                reference = self.model(input_ids=ids, use_cache=False).logits[0]
+                config._attn_implementation = _ATTENTION
+                for sub in ("text_config",):
+                    if getattr(config, sub, None) is not None:
+                        getattr(config, sub)._attn_implementation = _ATTENTION
+                self.kv.ensure(1, _round_up(n + 3, self.max_context), self.max_batch, self.kv_cache_bytes)
+                self.kv.calls = 0
+                self.kv.start_prefill(0, n)
+                got = [self._forward(ids[:, :n], torch.arange(n).unsqueeze(0))[0]]
+                self.kv.prefill = None
+                for p in range(n, n + 3):
+                    self.kv.start_decode(torch.tensor([p]))
+                    got.append(self._forward(ids[:, p:p + 1], torch.tensor([[p]]))[0])
+                calls = self.kv.calls
+            got_logits = torch.cat(got)
+            if calls != layers * 4:
+                raise RuntimeError(f"the attention hook ran {calls} times for {layers} layers x 4 passes")
+            tolerance = 1e-3 if self.dtype == torch.float32 else 5e-2
+            scale = float(reference.abs().max()) or 1.0
+            if not torch.allclose(got_logits.float(), reference.float(), atol=tolerance * scale, rtol=0):
+                raise RuntimeError("logits differ from the model's own forward pass")
+            return True
+        except Exception as exc:  # noqa: BLE001 - any failure means: serve on the generic path
+            config = self.model.config
+            config._attn_implementation = original if "original" in locals() else config._attn_implementation
+            log.warning("the static KV cache path does not fit %s (%s): serving on the generic path (slower)",
+                        type(self.model).__name__, exc)
+            self.kv = StaticKV(self.windows)
+            return False
+        finally:
+            self.kv.prefill = None
+
     # ----- per-row token handling ----------------------------------------------------------------
 
-    def _advance(self, gen: Generation, logits: torch.Tensor) -> bool:
-        """Sample one token for ``gen``, emit new text; True when the request is finished."""
-        token = _sample(logits, gen)
+    def _advance(self, gen: Generation, logits: torch.Tensor | None = None, token: int | None = None) -> bool:
+        """Sample one token for ``gen`` (or take ``token``), emit new text; True when the request is finished."""
+        if token is None:
+            token = _sample(logits, gen)
         if token in self.eos_token_ids:
             return self._finish(gen, "stop")
         gen.output_ids.append(token)
@@ -420,6 +550,171 @@ class Engine:
             if layer.is_sliding:
                 layer.cumulative_length = columns
         return cache
+
+
+_ATTENTION = "modelyard_static"
+_NO_MASK = torch.ones(1, 1, 1, 1, dtype=torch.bool)  # 4D: transformers skips building masks; ours are used
+
+
+def _static_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                      attention_mask: torch.Tensor | None, **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """transformers' SDPA attention with the engine's mask for this layer (see :class:`StaticKV`)."""
+    kv = getattr(module, "_modelyard_kv", None)
+    if kv is None or kv.masks is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    kv.calls += 1
+    return sdpa_attention_forward(module, query, key, value, kv.masks[module.layer_idx], **kwargs)
+
+
+AttentionInterface.register(_ATTENTION, _static_attention)
+
+
+class StaticKV:
+    """Preallocated K/V buffers, one pair per layer, ``[rows, kv_heads, length, head_dim]``.
+
+    Position ``p`` of a row lives at column ``p % length``: a sliding layer's length is its window (a
+    ring: it never holds more), a full layer's is the capacity, at least every running row's prompt
+    plus max_tokens. transformers calls :meth:`update` from each attention layer; it writes the new
+    keys/values in place and returns what the layer attends over, with ``masks`` set for it.
+    """
+
+    def __init__(self, windows: list[int | None]) -> None:
+        self.windows = windows
+        self.keys: list[torch.Tensor | None] = [None] * len(windows)
+        self.values: list[torch.Tensor | None] = [None] * len(windows)
+        self.rows = 0
+        self.capacity = 0
+        self.shapes: tuple[int, int, torch.dtype] | None = None  # kv heads, head dim, dtype (seen at first use)
+        self.prefill: tuple[int, int] | None = None
+        self.masks: list[torch.Tensor | None] | None = None
+        self.calls = 0
+        self._decode: dict[int, tuple[torch.Tensor, int]] = {}
+        self._rows_index = torch.zeros(0, dtype=torch.long)
+
+    def length(self, layer: int, capacity: int | None = None) -> int:
+        capacity = self.capacity if capacity is None else capacity
+        window = self.windows[layer]
+        return capacity if window is None else min(window, capacity)
+
+    def bytes_for(self, rows: int, capacity: int) -> int:
+        if self.shapes is None:
+            return 0
+        heads, dim, dtype = self.shapes
+        element = torch.finfo(dtype).bits // 8 if dtype.is_floating_point else 4
+        return sum(2 * rows * heads * self.length(i, capacity) * dim * element for i in range(len(self.windows)))
+
+    def ensure(self, rows: int, capacity: int, max_rows: int, budget: int) -> None:
+        """Grow the buffers to hold ``rows`` rows of ``capacity`` positions (rows rounded up to a power
+        of two, within ``max_rows`` and ``budget`` bytes), keeping what they hold."""
+        if rows <= self.rows and capacity <= self.capacity:
+            return
+        want_rows = max(rows, self.rows)
+        grown = min(max(1 << (want_rows - 1).bit_length(), want_rows), max(max_rows, want_rows))
+        capacity = max(capacity, self.capacity)
+        if grown > want_rows and self.bytes_for(grown, capacity) > budget:
+            grown = want_rows
+        old_rows = self.rows
+        self.rows, self.capacity = grown, capacity
+        if self.shapes is None:
+            return  # allocated at the first update, when the layers' shapes are known
+        heads, dim, dtype = self.shapes
+        for i in range(len(self.windows)):
+            for store in (self.keys, self.values):
+                old = store[i]
+                new = torch.zeros(grown, heads, self.length(i), dim, dtype=dtype)
+                if old is not None:
+                    new[:old_rows, :, : old.shape[2]] = old[:old_rows]
+                store[i] = new
+
+    def move(self, src: int, dst: int) -> None:
+        for store in (self.keys, self.values):
+            for tensor in store:
+                if tensor is not None:
+                    tensor[dst] = tensor[src]
+
+    def start_prefill(self, row: int, n: int) -> None:
+        """One row's prompt of ``n`` tokens next: causal attention within the prompt (windowed on
+        sliding layers), its keys and values written to the row's columns."""
+        self.prefill = (row, n)
+        masks: list[torch.Tensor | None] = []
+        for window in self.windows:
+            if window is None or n <= window:
+                masks.append(None)  # plain causal attention (SDPA's is_causal)
+            else:
+                i = torch.arange(n)
+                masks.append(((i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < window))[None, None])
+        self.masks = masks
+
+    def start_decode(self, positions: torch.Tensor) -> None:
+        """One token for each of the first ``len(positions)`` rows, at those positions."""
+        self.prefill = None
+        rows = positions.shape[0]
+        if self._rows_index.shape[0] != rows:
+            self._rows_index = torch.arange(rows)
+        top = int(positions.max())
+        per_length: dict[int, tuple[torch.Tensor, int, torch.Tensor]] = {}
+        masks: list[torch.Tensor | None] = []
+        for i in range(len(self.windows)):
+            length = self.length(i)
+            if length not in per_length:
+                used = min(length, top + 1)
+                columns = torch.arange(used)
+                mask = (columns[None, :] <= positions[:, None]) | (positions[:, None] >= length - 1)
+                per_length[length] = (positions.remainder(length), used, mask[:, None, None, :])
+            masks.append(per_length[length][2])
+        self._decode = {length: (cols, used) for length, (cols, used, _) in per_length.items()}
+        self.masks = masks
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int,
+               *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.keys[layer_idx] is None:
+            _, heads, _, dim = key_states.shape
+            if self.shapes is None:
+                self.shapes = (heads, dim, key_states.dtype)
+            for store in (self.keys, self.values):
+                store[layer_idx] = torch.zeros(self.rows, heads, self.length(layer_idx), dim, dtype=key_states.dtype)
+        keys, values = self.keys[layer_idx], self.values[layer_idx]
+        length = keys.shape[2]
+        if self.prefill is not None:
+            row, n = self.prefill
+            if n <= length:
+                keys[row, :, :n] = key_states[0]
+                values[row, :, :n] = value_states[0]
+            else:  # a ring shorter than the prompt keeps its last positions
+                columns = torch.arange(n - length, n).remainder(length)
+                keys[row, :, columns] = key_states[0, :, n - length:]
+                values[row, :, columns] = value_states[0, :, n - length:]
+            return key_states, value_states
+        columns, used = self._decode[length]
+        rows = self._rows_index
+        keys[rows, :, columns] = key_states[:, :, 0]
+        values[rows, :, columns] = value_states[:, :, 0]
+        count = rows.shape[0]
+        return keys[:count, :, :used], values[:count, :, :used]
+
+
+def _round_up(capacity: int, limit: int) -> int:
+    return min(-(-capacity // 128) * 128, limit)
+
+
+def _default_kv_bytes() -> int:
+    """Half the memory available when the engine starts (MemAvailable), else 4 GiB."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024 // 2
+    except OSError:
+        pass
+    return 4 << 30
+
+
+def _parameters(function: Callable[..., Any]) -> set[str]:
+    import inspect
+
+    try:
+        return set(inspect.signature(function).parameters)
+    except (TypeError, ValueError):
+        return set()
 
 
 def _stored(window: int | None, columns: int) -> int:

@@ -118,6 +118,8 @@ class LoraBank:
         self.row_list: list[int] = [0]
         self.any_adapter = False
         self.shared_slot: int | None = 0  # the one slot every row uses, if they all use one
+        self.used_slots: torch.Tensor = torch.zeros(1, dtype=torch.long)  # distinct slots of the rows
+        self._onehot: tuple[int, torch.Tensor] | None = None
         self.version = 0
 
     def set_rows(self, slots: list[int]) -> None:
@@ -128,7 +130,18 @@ class LoraBank:
         self.row_slots = torch.tensor(slots, dtype=torch.long)
         self.any_adapter = any(slots)
         self.shared_slot = slots[0] if len(set(slots)) == 1 else None
+        self.used_slots = torch.tensor(sorted(set(slots)), dtype=torch.long)
         self.version += 1
+
+    def onehot(self, dtype: torch.dtype) -> torch.Tensor:
+        """``[rows, used slots * max_rank]``: 1 where the column belongs to the row's own slot."""
+        cached = self._onehot
+        if cached is not None and cached[0] == self.version and cached[1].dtype == dtype:
+            return cached[1]
+        hit = (self.row_slots[:, None] == self.used_slots[None, :]).to(dtype)  # [rows, used]
+        mask = hit.repeat_interleave(self.max_rank, dim=1)
+        self._onehot = (self.version, mask)
+        return mask
 
     def _wrap(self, module_name: str) -> BatchedLoraLinear:
         layer = self.layers.get(module_name)
@@ -175,11 +188,13 @@ class BatchedLoraLinear(nn.Module):
         # The bank changes while the engine serves (loads, unloads, swaps), so it must never be an
         # inference tensor, whatever mode the caller is in: those refuse in-place updates outside
         # inference mode. Every write below runs with autograd and inference mode off.
+        dtype = base.weight.dtype
         with torch.inference_mode(False), torch.no_grad():
-            self.a = torch.zeros(bank.slots, in_features, bank.max_rank)
-            self.b = torch.zeros(bank.slots, bank.max_rank, out_features)
+            self.a = torch.zeros(bank.slots, in_features, bank.max_rank, dtype=dtype)
+            self.b = torch.zeros(bank.slots, bank.max_rank, out_features, dtype=dtype)
             self.active = torch.zeros(bank.slots, dtype=torch.bool)
         self._gathered: tuple[int, torch.Tensor, torch.Tensor] | None = None
+        self._stacked: tuple[int, torch.Tensor, torch.Tensor] | None = None
 
     def fill(self, slot: int, a: torch.Tensor, b: torch.Tensor, scale: float) -> None:
         r = a.shape[0]
@@ -207,6 +222,18 @@ class BatchedLoraLinear(nn.Module):
         self._gathered = (bank.version, a, b)
         return a, b
 
+    def _stacked_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's distinct slots side by side: A as ``[in, used * r]``, B as ``[used * r, out]``."""
+        bank = self.bank
+        cached = self._stacked
+        if cached is not None and cached[0] == bank.version:
+            return cached[1], cached[2]
+        used = bank.used_slots
+        a = self.a.index_select(0, used).permute(1, 0, 2).reshape(self.a.shape[1], -1)
+        b = self.b.index_select(0, used).reshape(-1, self.b.shape[2])
+        self._stacked = (bank.version, a, b)
+        return a, b
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
         bank = self.bank
@@ -217,6 +244,14 @@ class BatchedLoraLinear(nn.Module):
             if not self.active[shared]:
                 return y
             return y + (x @ self.a[shared]) @ self.b[shared]
+        if x.ndim == 3 and x.shape[1] == 1:
+            # decode (one token a row): two plain matmuls over the batch's distinct adapters side by side,
+            # each row's product masked to its own slot's columns (zeros elsewhere leave the sum exact);
+            # small batched bmm/baddbmm calls cost more than these on a CPU
+            a, b = self._stacked_weights()
+            flat = x.reshape(x.shape[0], x.shape[-1])
+            mid = (flat @ a).mul_(bank.onehot(a.dtype))
+            return torch.addmm(y.reshape(y.shape[0], y.shape[-1]), mid, b).reshape(y.shape)
         a, b = self._weights()
         flat = x.reshape(x.shape[0], -1, x.shape[-1])  # [batch, tokens, in]
         out = torch.baddbmm(y.reshape(y.shape[0], -1, y.shape[-1]), torch.bmm(flat, a), b)
