@@ -178,6 +178,7 @@ async function ask(url, body, view) {
           if (first === null) first = performance.now();
           tokens += 1;
           view.text.textContent += piece;
+          view.box.dataset.chunks = String(tokens);
           view.meta.textContent = `${tokens} tokens…`;
         }
       }
