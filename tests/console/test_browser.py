@@ -28,6 +28,12 @@ LAPTOP = {"width": 1280, "height": 860}
 PHONE = {"width": 390, "height": 844}
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _browser() -> None:
+    """Checked before the fixtures (an engine checkpoint, a live server) are built for nothing."""
+    _need_browser()
+
+
 def _need_browser() -> None:
     problem = None
     try:
@@ -48,10 +54,11 @@ def _no_sideways_scroll(page) -> None:
 
 
 def test_console_end_to_end_in_chromium(live_server: str, fixture_models: dict[str, Path], settings) -> None:
-    _need_browser()
     from playwright.sync_api import expect, sync_playwright
 
     ARTIFACTS.mkdir(exist_ok=True)
+    for stale in ARTIFACTS.glob("failure-*"):
+        stale.unlink()
     key = admin_key(settings)
     sdk = Modelyard(live_server, api_key=key)
     # the adapters' files go up through the SDK; the base checkpoint through the console's drop zone
