@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, quote
+from urllib.parse import parse_qsl, quote, urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
@@ -39,6 +39,15 @@ from modelyard.console.session import (
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=str(HERE / "templates"))
 templates.env.filters.update(count=views.human_count, size=views.human_bytes, when=views.short_time)
+
+
+def _page_url(request: Request, page: int) -> str:
+    """This page's URL showing list page ``page`` (its other query parameters kept)."""
+    params = [(k, v) for k, v in request.query_params.multi_items() if k != "page"] + [("page", str(page))]
+    return f"{request.url.path}?{urlencode(params)}"
+
+
+templates.env.globals["page_url"] = _page_url
 
 PAGE_SIZE = 25
 FLASH_COOKIE = "modelyard_console_flash"
