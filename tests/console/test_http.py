@@ -203,3 +203,26 @@ def test_in_process_calls_stream_the_body_as_it_is_produced(app: FastAPI, client
     http: TestClient = client._http  # type: ignore[assignment]
     assert http.portal is not None  # the app's own event loop (started by the fixture)
     assert http.portal.call(scenario) == [b"first", b"second"]
+
+
+def test_what_users_wrote_is_escaped(app: FastAPI, client: Modelyard) -> None:
+    client.filesets.create("default", name="marked", description="<script>alert('x')</script>")
+    http = sign_in(_console(client), admin_key(app.state.settings))
+    page = http.get("/console/w/default/filesets").text
+    assert "<script>alert" not in page and "&lt;script&gt;alert" in page
+    assert http.get("/console/w/default/filesets").headers["content-security-policy"].startswith("default-src 'self'")
+
+
+def test_usage_charts_are_drawn_per_model() -> None:
+    from modelyard.console.views import usage_charts
+
+    rows = [{"model": m, "start": f"2026-12-01T10:0{i}:00Z", "requests": i + 1, "errors": i % 2,
+             "prompt_tokens": 10 * i, "completion_tokens": 5 * i, "latency_ms": {"p50": 10.0 * i, "p95": None}}
+            for m in ("base", "pirate") for i in range(3)]
+    charts = usage_charts(rows)
+    assert [c["model"] for c in charts] == ["base", "pirate"]
+    assert charts[0]["requests"] == 6 and charts[0]["errors"] == 1 and charts[0]["tokens"] == 45
+    titles = [title for title, _ in charts[0]["svgs"]]
+    assert titles == ["Requests and errors", "Tokens", "Latency (ms)"]
+    assert all(svg.startswith("<svg") and "<polyline" in svg for _, svg in charts[0]["svgs"])
+    assert usage_charts([]) == []
