@@ -226,3 +226,19 @@ def test_usage_charts_are_drawn_per_model() -> None:
     assert titles == ["Requests and errors", "Tokens", "Latency (ms)"]
     assert all(svg.startswith("<svg") and "<polyline" in svg for _, svg in charts[0]["svgs"])
     assert usage_charts([]) == []
+
+
+def test_with_authentication_off_the_console_needs_no_key(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "home", database_url=f"sqlite:///{tmp_path / 'open.db'}", auth="off")
+    app = create_app(settings)
+    mount_console(app)
+    with TestClient(app) as http:
+        page = http.get("/console/signin")
+        assert "MODELYARD_AUTH=off" in page.text
+        sign_in(http, "")
+        assert ">default<" in http.get("/console/workspaces").text
+        token = csrf_of(http.get("/console/w/default/filesets").text)
+        assert http.post("/console/w/default/filesets", data={"name": "x"}).status_code == 403  # CSRF still on
+        made = http.post("/console/w/default/filesets", data={"name": "open-files", "csrf_token": token},
+                         follow_redirects=False)
+        assert made.status_code == 303

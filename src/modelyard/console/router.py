@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import secrets
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -202,9 +203,15 @@ async def signin_page(request: Request) -> Response:
     return _signin(request)
 
 
+def _auth_on(request: Request) -> bool:
+    authority = getattr(request.app.state, "authority", None)
+    return authority is None or bool(authority.enabled)
+
+
 def _signin(request: Request, error: str | None = None, status_code: int = 200) -> Response:
     token, fresh = presession_token(request)
     response = _render(request, "signin.html", None, status_code=status_code, error=error, signin_token=token,
+                       auth_off=not _auth_on(request),
                        next=request.query_params.get("next", ""))
     if fresh:
         set_presession(request, response, fresh)
@@ -217,6 +224,8 @@ async def signin(request: Request) -> Response:
     key = str(form.get("api_key") or "").strip()
     if not presession_ok(request, str(form.get(CSRF_FIELD) or "")):
         return _signin(request, "This sign-in form has expired; try again.", 403)
+    if not key and not _auth_on(request):  # MODELYARD_AUTH=off: no keys; a random one keys the CSRF tokens
+        key = "local-" + secrets.token_urlsafe(24)
     if not key:
         return _signin(request, "Paste an access key to sign in.", 400)
     api = ApiCaller(request, key)
