@@ -8,6 +8,7 @@ workspace with thousands of models renders as fast as one with ten.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import secrets
@@ -290,10 +291,11 @@ async def models_page(request: Request, ws: str) -> Response:
     search = request.query_params.get("q", "").strip()
     if search:
         query["filter[name][$like]"] = search
-    resp = await api.get(f"/apis/models/v2/workspaces/{_q(ws)}/models", query=query)
+    resp, filesets_resp = await asyncio.gather(
+        api.get(f"/apis/models/v2/workspaces/{_q(ws)}/models", query=query),
+        api.get(f"/apis/files/v2/workspaces/{_q(ws)}/filesets", query={"page_size": 100}))
     items, pagination = _listing(resp)
-    filesets, _ = _listing(await api.get(f"/apis/files/v2/workspaces/{_q(ws)}/filesets",
-                                         query={"page_size": 100}))
+    filesets, _ = _listing(filesets_resp)
     for item in items:
         item["_card"] = views.spec_card(item.get("spec"))
     return _render(request, "models.html", session, **shell, items=items, pagination=pagination, q=search,
@@ -330,9 +332,13 @@ async def adapters_page(request: Request, ws: str) -> Response:
     query: dict[str, Any] = {"page": _page_of(request), "page_size": PAGE_SIZE, "sort": "-created_at"}
     if request.query_params.get("model"):
         query["filter[model]"] = request.query_params["model"]
-    resp = await api.get(f"/apis/models/v2/workspaces/{_q(ws)}/adapters", query=query)
+    resp, (endpoints, _), models_resp, filesets_resp = await asyncio.gather(
+        api.get(f"/apis/models/v2/workspaces/{_q(ws)}/adapters", query=query),
+        _endpoints(api, ws),
+        api.get(f"/apis/models/v2/workspaces/{_q(ws)}/models", query={"page_size": 100, "sort": "name"}),
+        api.get(f"/apis/files/v2/workspaces/{_q(ws)}/filesets", query={"page_size": 100}))
     items, pagination = _listing(resp)
-    endpoints, _ = await _endpoints(api, ws)
+    models, filesets = _listing(models_resp)[0], _listing(filesets_resp)[0]
     for item in items:
         rank = (item.get("lora_config") or {}).get("rank")
         fits, too_small = [], []
@@ -341,9 +347,6 @@ async def adapters_page(request: Request, ws: str) -> Response:
                 continue
             (fits if rank is None or rank <= ep.get("max_lora_rank", 0) else too_small).append(ep)
         item["_fits"], item["_too_small"] = fits, too_small
-    models, _ = _listing(await api.get(f"/apis/models/v2/workspaces/{_q(ws)}/models",
-                                       query={"page_size": 100, "sort": "name"}))
-    filesets, _ = _listing(await api.get(f"/apis/files/v2/workspaces/{_q(ws)}/filesets", query={"page_size": 100}))
     return _render(request, "adapters.html", session, **shell, items=items, pagination=pagination,
                    models=models, filesets=filesets, error=None if resp.ok else resp.message)
 
@@ -479,19 +482,23 @@ async def endpoints_page(request: Request, ws: str) -> Response:
     session, api, shell = await _shell(request, ws)
     endpoints, resp = await _endpoints(api, ws)
     supervisor = getattr(request.app.state, "supervisor", None)
-    for ep in endpoints:
+
+    async def details(ep: dict[str, Any]) -> None:
         runtime = supervisor.runtimes.get(ep["id"]) if supervisor is not None else None
         ep["_in_flight"] = getattr(runtime, "in_flight", 0) if runtime else 0
-        attached = await api.get(f"/v1/endpoints/{_q(ep['id'])}/adapters", headers=_ws_headers(ws))
+        attached, candidates = await asyncio.gather(
+            api.get(f"/v1/endpoints/{_q(ep['id'])}/adapters", headers=_ws_headers(ws)),
+            api.get(f"/apis/models/v2/workspaces/{_q(ws)}/adapters",
+                    query={"filter[model]": ep.get("model"), "page_size": 100, "sort": "name"}))
         ep["_attached"] = (attached.json() or {}).get("data") or [] if attached.ok else []
         names = {a["adapter_name"] for a in ep["_attached"]}
-        candidates, _ = _listing(await api.get(f"/apis/models/v2/workspaces/{_q(ws)}/adapters",
-                                               query={"filter[model]": ep.get("model"), "page_size": 100,
-                                                      "sort": "name"}))
-        ep["_candidates"] = [a for a in candidates if a["name"] not in names]
-    models, _ = _listing(await api.get(f"/apis/models/v2/workspaces/{_q(ws)}/models",
-                                       query={"page_size": 100, "sort": "name"}))
-    hardware = await api.get("/v1/hardware", headers=_ws_headers(ws))
+        ep["_candidates"] = [a for a in _listing(candidates)[0] if a["name"] not in names]
+
+    models_resp, hardware, *_ = await asyncio.gather(
+        api.get(f"/apis/models/v2/workspaces/{_q(ws)}/models", query={"page_size": 100, "sort": "name"}),
+        api.get("/v1/hardware", headers=_ws_headers(ws)),
+        *(details(ep) for ep in endpoints))
+    models, _ = _listing(models_resp)
     return _render(request, "endpoints.html", session, **shell, items=endpoints, models=models,
                    hardware=(hardware.json() or {}).get("data") or [] if hardware.ok else [{"id": "cpu"}],
                    error=None if resp.ok else resp.message)
