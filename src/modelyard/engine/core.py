@@ -119,6 +119,7 @@ class Engine:
         self.max_batch = max_batch
         self.layer_shapes = base_layer_shapes(self.model)
         self.bank = LoraBank(self.model, slots=max_loras, max_rank=max_lora_rank)
+        _prepack_output_head(self.model)
         self.kv_cache_bytes = int(kv_cache_bytes) if kv_cache_bytes else _default_kv_bytes()
         self.kv = StaticKV(self.windows)
         self.fast = self._probe_static_path()
@@ -550,6 +551,43 @@ class Engine:
             if layer.is_sliding:
                 layer.cumulative_length = columns
         return cache
+
+
+class OneDnnLinear(torch.nn.Linear):
+    """A bias-free Linear whose matmul runs on oneDNN with the weight prepacked in its blocked layout.
+
+    For a large output head (Gemma 3's 262k x 640) at decode batch sizes, the default CPU GEMM runs at a
+    fraction of the memory bandwidth; oneDNN's prepacked kernel is about twice as fast. The dense
+    weight stays (tied embeddings share it; LoRA and shape checks read it); results differ from the
+    default GEMM's only in the order of float additions (~1e-6 on the logits)."""
+
+    def __init__(self, dense: torch.nn.Linear) -> None:
+        super().__init__(dense.in_features, dense.out_features, bias=False, device="meta")
+        self.weight = dense.weight
+        with torch.inference_mode(False), torch.no_grad():
+            self.packed = dense.weight.detach().clone().to_mkldnn()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        if flat.dtype != self.packed.dtype or flat.shape[0] == 0:
+            return F.linear(x, self.weight)
+        out = torch._C._nn.mkldnn_linear(flat.contiguous().to_mkldnn(), self.packed, None).to_dense()
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+
+def _prepack_output_head(model: torch.nn.Module) -> None:
+    head = model.get_output_embeddings()
+    if (type(head) is not torch.nn.Linear or head.bias is not None or not torch.backends.mkldnn.is_available()
+            or head.weight.dtype not in (torch.float32, torch.bfloat16)):
+        return
+    try:
+        packed = OneDnnLinear(head)
+        probe = torch.zeros(1, head.in_features, dtype=head.weight.dtype)
+        packed(probe)
+    except Exception as exc:  # noqa: BLE001 - keep the default GEMM
+        log.info("output head stays on the default GEMM (%s)", exc)
+        return
+    model.set_output_embeddings(packed)
 
 
 _ATTENTION = "modelyard_static"
