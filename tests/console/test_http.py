@@ -242,3 +242,14 @@ def test_with_authentication_off_the_console_needs_no_key(tmp_path: Path) -> Non
         made = http.post("/console/w/default/filesets", data={"name": "open-files", "csrf_token": token},
                          follow_redirects=False)
         assert made.status_code == 303
+
+
+def test_a_revoked_key_ends_the_session(app: FastAPI, client: Modelyard) -> None:
+    made = client.access_keys.create(principal="rita@example.com", workspace="default")
+    http = sign_in(_console(client), made.token)
+    assert http.get("/console/w/default/models").status_code == 200
+    client.access_keys.revoke(made.jti)
+    answer = http.get("/console/w/default/models", follow_redirects=False)
+    assert answer.status_code == 303 and "ended=1" in answer.headers["location"]
+    assert SESSION_COOKIE not in http.cookies
+    assert "no longer accepted" in http.get(answer.headers["location"]).text

@@ -25,13 +25,18 @@ def mount_console(app: FastAPI) -> None:
         return
     app.state.console_mounted = True
     from modelyard.console.router import SignIn, _NotVisible, _render, read_session, router
+    from modelyard.console.session import clear_session
 
     app.include_router(router)
     app.mount("/console/static", StaticFiles(directory=STATIC), name="console-static")
 
-    async def signin_first(request: Request, _: Exception) -> Response:
+    async def signin_first(request: Request, exc: Exception) -> Response:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        return RedirectResponse(f"/console/signin?next={quote(target, safe='')}", status_code=303)
+        ended = "&ended=1" if getattr(exc, "reason", None) else ""
+        response = RedirectResponse(f"/console/signin?next={quote(target, safe='')}{ended}", status_code=303)
+        if ended:
+            clear_session(request, response)
+        return response
 
     async def not_visible(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, _NotVisible)

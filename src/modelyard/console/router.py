@@ -61,7 +61,11 @@ router = APIRouter(prefix="/console", include_in_schema=False)
 # -- helpers -------------------------------------------------------------------------------------------
 
 class SignIn(Exception):
-    """The visitor has no session: send them to the sign-in page."""
+    """The visitor has no session, or its key is no longer accepted: send them to the sign-in page."""
+
+    def __init__(self, reason: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 def _session(request: Request) -> Session:
@@ -166,6 +170,8 @@ def _listing(resp: ApiResponse) -> tuple[list[dict[str, Any]], dict[str, Any]]:
 
 async def _workspaces(api: ApiCaller) -> list[str]:
     resp = await api.get("/apis/entities/v2/workspaces", query={"page_size": 100, "sort": "name"})
+    if resp.status == 401:  # revoked, suspended or expired since sign-in: the session ends
+        raise SignIn(resp.message)
     items, _ = _listing(resp)
     return [w["name"] for w in items]
 
@@ -201,7 +207,8 @@ async def home(request: Request) -> Response:
 
 @router.get("/signin", response_class=HTMLResponse)
 async def signin_page(request: Request) -> Response:
-    return _signin(request)
+    ended = request.query_params.get("ended")
+    return _signin(request, "Your session ended: the key is no longer accepted. Sign in again." if ended else None)
 
 
 def _auth_on(request: Request) -> bool:
@@ -262,6 +269,8 @@ async def workspaces_page(request: Request) -> Response:
     api = _api(request, session)
     resp = await api.get("/apis/entities/v2/workspaces", query={"page_size": 100, "page": _page_of(request),
                                                                  "sort": "name"})
+    if resp.status == 401:
+        raise SignIn(resp.message)
     items, pagination = _listing(resp)
     return _render(request, "workspaces.html", session, items=items, pagination=pagination,
                    workspaces=[w["name"] for w in items], ws=None, error=None if resp.ok else resp.message)
