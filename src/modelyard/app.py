@@ -36,6 +36,7 @@ from modelyard.endpoints.router import router as endpoints_router
 from modelyard.endpoints.supervisor import Supervisor
 from modelyard.errors import ECHO_LIMIT, ApiError, ServiceError, clip
 from modelyard.filesets.router import router as filesets_router
+from modelyard.gateway import pool as gateway_pool
 from modelyard.gateway.messages import router as messages_router
 from modelyard.gateway.registry import router as gateway_registry_router
 from modelyard.gateway.router import router as gateway_router
@@ -180,6 +181,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await app.state.provider_poller.stop()
             await supervisor.stop()
+            await gateway_pool.of(app.state).close()
             if app.state.usage is not None:
                 await app.state.usage.stop()  # the last flush: nothing counted is lost on a clean stop
             app.state.authority.close()

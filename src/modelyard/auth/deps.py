@@ -10,7 +10,7 @@ from fastapi import Depends, Header, Request
 from modelyard.auth.principal import Access
 
 
-def current_access(request: Request) -> Access:
+async def current_access(request: Request) -> Access:
     access = getattr(request.state, "access", None)
     if access is None:  # the middleware always sets it; a route reached without it is a wiring bug
         raise RuntimeError("no Access on the request: is modelyard.auth.middleware installed?")
@@ -20,7 +20,7 @@ def current_access(request: Request) -> Access:
 AccessDep = Annotated[Access, Depends(current_access)]
 
 
-def caller_workspace(
+async def caller_workspace(
     request: Request,
     workspace: Annotated[str | None, Header(
         alias="X-Modelyard-Workspace",

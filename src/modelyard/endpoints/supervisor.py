@@ -151,8 +151,6 @@ class Supervisor:
         self._stopping = False
         self.generation = 0
         """Bumped on every change that can alter routing; the gateway's name cache keys on it."""
-        self.route_cache: dict[tuple[int, str, str], tuple[float, Any]] = {}
-        """The gateway's model-name cache for this server (see gateway/router.py)."""
 
     # ----- lifecycle -----------------------------------------------------------------------------
 

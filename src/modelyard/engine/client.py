@@ -45,13 +45,19 @@ def _message(response: httpx.Response) -> str:
     return response.text.strip()
 
 
+KEEPALIVE = httpx.Limits(max_connections=1000, max_keepalive_connections=256, keepalive_expiry=2.0)
+
+
 class EngineClient:
     """Async client for one engine replica at ``base_url`` (e.g. ``http://127.0.0.1:8001``)."""
 
     def __init__(self, base_url: str, *, http: httpx.AsyncClient | None = None, timeout: float = 600.0) -> None:
         self.base_url = base_url.rstrip("/")
         self._own = http is None
-        self.http = http or httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=5.0))
+        # idle connections are dropped well before the engine's own keep-alive timeout (uvicorn's: 5 s),
+        # so a request never goes out on a connection the engine is closing; enough of them stay open
+        # for the gateway's concurrency not to open a new connection per request
+        self.http = http or httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=5.0), limits=KEEPALIVE)
 
     async def aclose(self) -> None:
         if self._own:

@@ -21,6 +21,7 @@ from fastapi import APIRouter, Request, Response
 from modelyard.db.session import in_db
 from modelyard.errors import ApiError
 from modelyard.gateway import upstream
+from modelyard.observability.metrics import GatewayCall
 
 router = APIRouter(tags=["inference"])
 PREFIX = "/apis/inference-gateway/v2/workspaces/{workspace}"
@@ -36,7 +37,16 @@ async def call_registry(request: Request, workspace: str, path: str, body: dict[
     route = await upstream.lookup(request, workspace, model or requested)
     if route is None:
         raise upstream.not_found(model or requested)
-    return await upstream.call(request, route, path, body, requested)
+    state = request.app.state
+    owner = route.workspaces[0] if route.workspaces else workspace
+    call = GatewayCall(state.metrics, state.usage, owner, "", None, route.model_entity or model or requested,
+                       caller=workspace)
+    request.state.gateway = call
+    try:
+        return await upstream.call(request, route, path, body, requested, call)
+    except ApiError as exc:
+        call.finish(exc.status_code)
+        raise
 
 
 async def listed(request: Request, workspace: str) -> list[tuple[str, str]]:

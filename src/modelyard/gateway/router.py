@@ -23,6 +23,7 @@ from modelyard.auth.deps import CallerWorkspace
 from modelyard.db.session import in_db
 from modelyard.endpoints.supervisor import Replica, Runtime, Supervisor
 from modelyard.errors import ApiError
+from modelyard.gateway import cache as caches
 from modelyard.gateway import virtual
 from modelyard.gateway.prompt import apply as apply_prompt
 from modelyard.gateway.registry import call_registry
@@ -61,21 +62,12 @@ _CACHE_TTL_S = 1.0
 async def _resolve(request: Request, supervisor: Supervisor, workspace: str, model: str) -> Target:
     """Resolve through a small cache: valid while nothing changed in this server (``generation``) and
     for at most a second, so changes made by another server process are seen promptly too."""
-    cache = supervisor.route_cache
-    key = (supervisor.generation, workspace, model)
-    hit = cache.get(key)
-    now = time.monotonic()
-    if hit is None or hit[0] <= now:
-        try:
-            target: Target | ApiError = await in_db(request.app.state.db, lambda s: resolve(s, workspace, model))
-        except ApiError as exc:  # remembered too: a registry model's name is looked up here on every call
-            target = exc
-        if len(cache) > 10_000:
-            cache.clear()
-        hit = cache[key] = (now + _CACHE_TTL_S, target)
-    if isinstance(hit[1], ApiError):
-        raise hit[1].with_traceback(None)  # a fresh traceback each time (they would pile up on the object)
-    return _readable(request, hit[1], model)
+    names = caches.of(request.app.state, "endpoint_names", _CACHE_TTL_S)
+    db = request.app.state.db
+    # a name that is not ours (404) is remembered too: a registry model's name comes here on every call
+    target = await names.get((supervisor.generation, workspace, model),
+                             lambda: in_db(db, lambda s: resolve(s, workspace, model)), remember=ApiError)
+    return _readable(request, target, model)
 
 
 def _readable(request: Request, target: Target, model: str) -> Target:

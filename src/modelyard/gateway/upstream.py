@@ -13,14 +13,16 @@ status is passed on with its body.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import httpx
+import orjson
 from fastapi import Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy import select
@@ -30,8 +32,11 @@ from modelyard.auth.crypto import Keyring
 from modelyard.db import tables
 from modelyard.db.session import in_db
 from modelyard.errors import ApiError
+from modelyard.gateway import cache as caches
+from modelyard.gateway import pool
 from modelyard.gateway import prompt as prompts
 from modelyard.gateway.sse import with_model
+from modelyard.observability.metrics import GatewayCall
 from modelyard.providers import auth_header
 from modelyard.providers.service import ProviderKeyError, api_key
 from modelyard.secrets.service import api_key_of
@@ -194,18 +199,9 @@ def callable_models(session: Session, workspace: str) -> list[tuple[str, str]]:
 async def lookup(request: Request, workspace: str, model: str) -> UpstreamRoute | None:
     """:func:`resolve` through a one-second cache (per server), checked against what the caller may read."""
     state = request.app.state
-    cache: dict[tuple[str, str], tuple[float, UpstreamRoute | None]] | None = getattr(state, "registry_routes", None)
-    if cache is None:
-        cache = state.registry_routes = {}
-    now = time.monotonic()
-    hit = cache.get((workspace, model))
-    if hit is not None and hit[0] > now:
-        route = hit[1]
-    else:
-        route = await in_db(state.db, lambda s: resolve(s, state.keyring, workspace, model))
-        if len(cache) > 10_000:
-            cache.clear()
-        cache[(workspace, model)] = (now + _CACHE_TTL_S, route)
+    routes = caches.of(state, "registry_routes", _CACHE_TTL_S)
+    route = await routes.get((workspace, model), lambda: in_db(state.db, lambda s: resolve(s, state.keyring, workspace,
+                                                                                          model)))
     if route is not None and not all(request.state.access.can(ws) for ws in route.workspaces):
         return None
     return route
@@ -219,14 +215,17 @@ def http_client(state: Any) -> httpx.AsyncClient:
     if client is None:
         client = state.upstream_http = httpx.AsyncClient(
             timeout=httpx.Timeout(connect=10.0, read=600.0, write=60.0, pool=30.0),
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
+            # idle connections dropped before a typical server's keep-alive timeout (5 s): no request is
+            # sent on a connection the provider is closing
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=256, keepalive_expiry=2.0),
             follow_redirects=False, trust_env=False,
         )
     return client
 
 
-def _unreachable(route: UpstreamRoute, exc: Exception) -> ApiError:
-    cause = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+def _unreachable(route: UpstreamRoute, exc: BaseException) -> ApiError:
+    cause = pool.cause(exc) if isinstance(exc, pool.ERRORS) and not isinstance(exc, httpx.HTTPError) \
+        else f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     if route.key:
         cause = cause.replace(route.key, "***")
     return ApiError(502, f"{route.label} at {route.base_url} did not answer: {cause}", code="provider_unavailable",
@@ -289,17 +288,78 @@ async def _answer(upstream: httpx.Response, route: UpstreamRoute, model: str | N
                     headers=_passed_headers(upstream) if model is None else None)
 
 
-async def call(request: Request, route: UpstreamRoute, path: str, body: dict[str, Any], requested: str) -> Response:
-    """Send the OpenAI request ``body`` for ``requested`` to the route's upstream ``path``."""
+async def call(request: Request, route: UpstreamRoute, path: str, body: dict[str, Any], requested: str,
+               call: GatewayCall | None = None) -> Response:
+    """Send the OpenAI request ``body`` for ``requested`` to the route's upstream ``path`` (through the
+    gateway's aiohttp pool: this is the hot path), counting it in ``call`` when given."""
     body = prompts.apply(body, route.prompt)  # a template that fails is a PromptError (400)
     if route.backend_format == "ANTHROPIC_MESSAGES":
         from modelyard.gateway import anthropic_upstream
 
         return await anthropic_upstream.call(request, route, path, body, requested)
-    headers = route.headers(request.headers)
-    upstream = await _open(request, route, "POST", join(route.base_url, path), json_body=route.body(body),
-                           headers=headers)
-    return await _answer(upstream, route, requested)
+    try:
+        headers = route.headers(request.headers)
+    except auth_header.AuthHeaderError as exc:
+        raise ApiError(502, f"{route.label}: {exc}", code="provider_misconfigured", kind="api_error") from None
+    headers["Content-Type"] = "application/json"
+    rid = request.scope.get("state", {}).get("request_id")
+    if rid is not None:
+        headers.setdefault("X-Request-ID", rid)
+    try:
+        upstream = await pool.of(request.app.state).session().post(
+            join(route.base_url, path), data=orjson.dumps(route.body(body)), headers=headers)
+    except pool.ERRORS as exc:
+        log.warning("upstream did not answer", extra={"upstream": route.label, "error": type(exc).__name__})
+        raise _unreachable(route, exc) from None
+    media = upstream.headers.get("Content-Type", "application/json")
+    if media.startswith("text/event-stream"):
+        return StreamingResponse(_relay_pooled(upstream, route, requested, call), status_code=upstream.status,
+                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    try:
+        content = await upstream.read()
+    except pool.ERRORS as exc:
+        upstream.close()
+        raise _unreachable(route, exc) from None
+    upstream.release()
+    if upstream.status == 200:
+        rewritten = pool.with_model(content, requested)
+        if rewritten is not None:
+            if call is not None and b'"usage"' in content:
+                with contextlib.suppress(ValueError):
+                    call.tokens(orjson.loads(content).get("usage"))
+            if call is not None:
+                call.finish(200)
+            return Response(rewritten, media_type="application/json")
+    if call is not None:
+        call.finish(upstream.status)
+    return Response(content, status_code=upstream.status, media_type=media)
+
+
+async def _relay_pooled(upstream: aiohttp.ClientResponse, route: UpstreamRoute, model: str,
+                        call: GatewayCall | None) -> AsyncIterator[bytes]:
+    """An upstream's event stream, line by line as it arrives, ``model`` rewritten; a cut ends with an
+    error event and ``[DONE]``. The connection goes back to the pool only after a complete stream."""
+    complete, outcome = False, "cancelled"
+    try:
+        async for line in upstream.content:
+            if call is not None:
+                if b'"usage"' in line and line.startswith(b"data: {"):
+                    with contextlib.suppress(ValueError, AttributeError):
+                        call.tokens(orjson.loads(line[6:]).get("usage"))
+                elif call.first is None and line.startswith(b"data: {") and b'"role"' not in line:
+                    call.first_token()
+            yield pool.sse_with_model(line, model)
+        complete, outcome = True, None
+    except pool.ERRORS + (ValueError,) as exc:
+        outcome = "engine_error"
+        yield b"\ndata: " + orjson.dumps(_unreachable(route, exc).body()) + b"\n\ndata: [DONE]\n\n"
+    finally:
+        if complete:
+            upstream.release()
+        else:
+            upstream.close()
+        if call is not None:
+            call.finish(upstream.status, outcome)
 
 
 async def forward(request: Request, route: UpstreamRoute, path: str) -> Response:

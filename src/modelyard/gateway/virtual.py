@@ -9,13 +9,13 @@ routes that change them clear it at once), so the hot path does not touch the da
 from __future__ import annotations
 
 import random
-import time
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
 
 from modelyard.db.session import in_db
+from modelyard.gateway import cache as caches
 from modelyard.virtual_models import store
 
 _CACHE_TTL_S = 1.0
@@ -45,12 +45,8 @@ def _routes(rows: list[Any]) -> dict[str, VirtualRoute]:
     return out
 
 
-def _cache(request: Request) -> dict[str, tuple[float, dict[str, VirtualRoute]]]:
-    state = request.app.state
-    cache = getattr(state, "virtual_models", None)
-    if cache is None:
-        cache = state.virtual_models = {}
-    return cache
+def _cache(request: Request) -> caches.TtlCache[dict[str, VirtualRoute]]:
+    return caches.of(request.app.state, "virtual_models", _CACHE_TTL_S)
 
 
 def clear(request: Request) -> None:
@@ -58,16 +54,8 @@ def clear(request: Request) -> None:
 
 
 async def _in_workspace(request: Request, workspace: str) -> dict[str, VirtualRoute]:
-    cache = _cache(request)
-    now = time.monotonic()
-    hit = cache.get(workspace)
-    if hit is not None and hit[0] > now:
-        return hit[1]
-    routes = await in_db(request.app.state.db, lambda s: _routes(store.in_workspace(s, workspace)))
-    if len(cache) > 10_000:
-        cache.clear()
-    cache[workspace] = (now + _CACHE_TTL_S, routes)
-    return routes
+    db = request.app.state.db
+    return await _cache(request).get(workspace, lambda: in_db(db, lambda s: _routes(store.in_workspace(s, workspace))))
 
 
 async def lookup(request: Request, workspace: str, model: str) -> VirtualRoute | None:

@@ -1,0 +1,84 @@
+"""The gateway's pooled HTTP client for inference calls: one aiohttp session per server.
+
+aiohttp's client is what the gateway's hot path uses (httpx's pool costs several times more CPU per
+request and grows with concurrency: see ``bench/gateway_overhead.py --target provider``). Idle
+connections are dropped after two seconds, before a typical server's keep-alive timeout (uvicorn's
+is five), so no request goes out on a connection the other side is closing. Bodies are bytes made
+with orjson; the only change made to an answer is its ``model``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import orjson
+
+ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
+"""What a call through the pool can fail with on the network side."""
+
+
+class Pool:
+    def __init__(self) -> None:
+        self._session: aiohttp.ClientSession | None = None
+
+    def session(self) -> aiohttp.ClientSession:
+        """The session, made on first use inside the server's event loop."""
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=2.0, ttl_dns_cache=300,
+                                             enable_cleanup_closed=False)
+            self._session = aiohttp.ClientSession(
+                connector=connector, auto_decompress=False, read_bufsize=2**20, max_line_size=2**20,
+                max_field_size=2**16, timeout=aiohttp.ClientTimeout(total=None, connect=10.0, sock_read=600.0),
+                skip_auto_headers=("User-Agent",), json_serialize=lambda value: orjson.dumps(value).decode(),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
+        self._session = None
+
+
+def of(state: Any) -> Pool:
+    """The app's pool (``app.state.gateway_pool``), made on first use."""
+    pool = getattr(state, "gateway_pool", None)
+    if pool is None:
+        pool = state.gateway_pool = Pool()
+    return pool
+
+
+def cause(exc: BaseException) -> str:
+    """A network failure in words, named as the other clients name it (``ConnectError`` when no
+    connection could be made, ``ReadTimeout`` when the answer stopped coming)."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"ConnectError: {exc.os_error or exc}"
+    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+        return "ReadTimeout"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "RemoteProtocolError: the server closed the connection without answering"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def with_model(payload: bytes, model: str) -> bytes | None:
+    """A JSON object's bytes with its top-level ``model`` set to ``model``; None if it is not an object
+    (answered as it came). orjson: the parse and the write cost microseconds."""
+    try:
+        value = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(value, dict):
+        return None
+    if "model" in value:
+        value["model"] = model
+    return orjson.dumps(value)
+
+
+def sse_with_model(line: bytes, model: str) -> bytes:
+    """One server-sent-event line (with its newline) with the chunk's ``model`` set; others as they are."""
+    if not line.startswith(b"data: {"):
+        return line
+    body = line[6:].rstrip(b"\r\n")
+    rewritten = with_model(body, model)
+    return line if rewritten is None else b"data: " + rewritten + b"\n"
