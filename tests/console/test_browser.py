@@ -225,6 +225,16 @@ def test_console_end_to_end_in_chromium(live_server: str, fixture_models: dict[s
             small.goto(f"{live_server}/console/w/default/endpoints")
             small.screenshot(path=ARTIFACTS / "09-endpoints-phone.png", full_page=True)
 
+            # deleting the endpoint asks first
+            page.goto(live_server + "/console/w/default/endpoints")
+            page.once("dialog", lambda dialog: dialog.dismiss())
+            page.click(".endpoint button:text('Delete')")
+            expect(page.locator(".endpoint")).to_have_count(1)
+            page.once("dialog", lambda dialog: dialog.accept())
+            page.click(".endpoint button:text('Delete')")
+            expect(page.locator(".notice")).to_contain_text("Endpoint deleted")
+            expect(page.locator(".endpoint")).to_have_count(0)
+
             # signing out ends the session
             page.goto(live_server + "/console/workspaces")
             page.click("button:text('Sign out')")

@@ -561,6 +561,8 @@ async def endpoint_action(request: Request, ws: str, endpoint_id: str, action: s
         return HTMLResponse("<p>Unknown action.</p>", status_code=404)
     if not resp.ok:
         return _back(request, url, error=resp.message, target=endpoint_id)
+    if action == "delete":
+        return _back(request, f"/console/w/{_q(ws)}/endpoints", notice=notice)
     return _back(request, url, notice=notice, target=endpoint_id)
 
 

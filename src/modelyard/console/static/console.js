@@ -12,6 +12,11 @@ for (const select of document.querySelectorAll("select[data-autosubmit]")) {
   select.addEventListener("change", () => select.form.submit());
 }
 
+// -- actions that cannot be undone ask first -------------------------------------------------------------
+for (const form of document.querySelectorAll("form[data-confirm]")) {
+  form.addEventListener("submit", (event) => { if (!confirm(form.dataset.confirm)) event.preventDefault(); });
+}
+
 // -- sortable tables ------------------------------------------------------------------------------------
 function cellValue(row, index, numeric) {
   const cell = row.children[index];
