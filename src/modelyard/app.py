@@ -31,6 +31,7 @@ from modelyard.auth.policy import is_public
 from modelyard.auth.router import router as auth_router
 from modelyard.boundary import RequestBoundary
 from modelyard.config import Settings
+from modelyard.console import mount_console, mount_offline_docs
 from modelyard.db.engine import Database, unavailable
 from modelyard.endpoints.router import router as endpoints_router
 from modelyard.endpoints.supervisor import Supervisor
@@ -188,6 +189,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             db.dispose()
 
     app = FastAPI(
+        redoc_url=None,  # ReDoc loads its script from a CDN; /docs is served offline (console/docs.py)
         title="Modelyard",
         version=__version__,
         summary="Registry and serving layer for fine-tuned models",
@@ -198,11 +200,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = ServerMetrics(enabled=settings.metrics == "on")
     app.state.usage = None
     for router in (
-        workspaces_router, models_router, adapters_router, filesets_router, endpoints_router, gateway_router,
+        gateway_router, workspaces_router, models_router, adapters_router, filesets_router, endpoints_router,
         auth_router, secrets_router, audit_router, providers_router, gateway_registry_router, messages_router,
         virtual_models_router, usage_router,
     ):
         app.include_router(router)
+    mount_console(app)  # /console (404 when MODELYARD_CONSOLE=off)
+    mount_offline_docs(app)  # /docs with Swagger UI served by this process, not a CDN
 
     @app.get("/health", tags=["health"])
     def health(request: Request) -> JSONResponse:

@@ -208,6 +208,10 @@ def test_failed_authentication_is_rate_limited(settings: Settings) -> None:
         assert statuses == [401] * 5 + [429] * 2
         limited = http.get("/v1/models", headers={"Authorization": "Bearer guess"})
         assert int(limited.headers["Retry-After"]) > 0 and limited.json()["error"]["type"] == "rate_limit_error"
+    with TestClient(create_app(settings.model_copy(update={"auth_failures_per_minute": 5}))) as http:
+        # a request with no key guesses nothing (browsers ask for /favicon.ico on every page): never limited
+        assert {http.get("/favicon.ico").status_code for _ in range(10)} == {401}
+        assert http.get("/v1/models", headers={"Authorization": "Bearer guess"}).status_code == 401
 
 
 def test_dns_rebinding_hosts_are_refused(client: Modelyard) -> None:

@@ -11,6 +11,7 @@ the request body is read before the caller is known.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import logging
@@ -59,6 +60,7 @@ class FailureLimiter:
         self._failures.setdefault(client, deque()).append(time.monotonic())
 
 
+@functools.lru_cache(maxsize=1024)
 def _host_allowed(host: str, allowed: frozenset[str]) -> bool:
     if "*" in allowed:
         return True
@@ -113,7 +115,8 @@ class Authenticate:
             access = (await anyio.to_thread.run_sync(authority.authenticate, token)
                       if authority.enabled and not authority.inline else authority.authenticate(token))
         except AuthError as exc:
-            self.limiter.failed(client)
+            if token is not None:  # a guess; a request with no key at all (a browser's favicon) guesses nothing
+                self.limiter.failed(client)
             await self._reject(scope, send, 401, f"Unauthorized: {exc.reason}", "unauthorized",
                                {"WWW-Authenticate": 'Bearer realm="modelyard", error="invalid_token"'})
             return

@@ -172,6 +172,7 @@ def _walk_through(url: str, built: dict[str, Path], console: Console, settings: 
         f"  curl -s {url}/v1/chat/completions -H 'content-type: application/json' "
         f"-d '{{\"model\": \"demo-pirate\", \"messages\": [{{\"role\": \"user\", \"content\": \"hello\"}}]}}'\n"
         f"  or the openai SDK with base_url=\"{url}/v1\"; API docs at {url}/docs\n"
+        f"  Web console (the playground compares the adapters side by side): {url}/console\n"
         f"  (with auth on, add -H \"Authorization: Bearer $KEY\": the admin key is in "
         f"{escape(str(credentials_path(settings.home)))})",
         highlight=False, soft_wrap=True,

@@ -273,7 +273,7 @@ async def _wait_for_replica(supervisor: Supervisor, runtime: Runtime) -> Replica
         runtime.waiting -= 1
 
 
-async def _relay(upstream: httpx.Response, replica: Replica, model: str, call: GatewayCall,
+async def _relay(upstream: httpx.Response, replica: Replica, model: str, call: GatewayCall | None = None,
                  client_usage: bool = True) -> AsyncIterator[bytes]:
     """Pass the engine's events on; if the engine goes away mid-stream (or the stream ends without
     ``[DONE]``), end with an error event in OpenAI's shape and ``[DONE]`` so the client knows the answer
@@ -290,6 +290,8 @@ async def _relay(upstream: httpx.Response, replica: Replica, model: str, call: G
             if line.startswith("data: "):
                 if line == "data: [DONE]" or line.strip() == "data: [DONE]":
                     done = True
+                elif call is None:
+                    pass
                 elif '"usage"' in line and ('"choices": []' in line or '"choices":[]' in line):
                     try:
                         call.tokens(json.loads(line[6:]).get("usage"))
@@ -312,7 +314,8 @@ async def _relay(upstream: httpx.Response, replica: Replica, model: str, call: G
     finally:
         await upstream.aclose()
         replica.in_flight -= 1
-        call.finish(upstream.status_code, outcome)
+        if call is not None:
+            call.finish(upstream.status_code, outcome)
     if problem is not None:
         error = {"error": {"message": problem, "type": "engine_error", "param": None, "code": "engine_unavailable"}}
         yield f"\ndata: {json.dumps(error)}\n\ndata: [DONE]\n\n".encode()
@@ -331,14 +334,26 @@ async def _models(request: Request, workspace: str) -> dict[str, Any]:
     ]}
 
 
-@router.post("/v1/chat/completions", summary="Chat completion, routed by model name")
-async def chat_completions(request: Request, workspace: CallerWorkspace) -> Response:
-    return await _proxy(request, workspace, "/v1/chat/completions")
+# The two hot routes take no FastAPI dependency (solving one costs more than the rest of the route):
+# the workspace is what the authentication middleware resolved, the header only documented here.
+_WORKSPACE_HEADER = {"parameters": [{
+    "name": "X-Modelyard-Workspace", "in": "header", "required": False, "schema": {"type": "string"},
+    "description": "the workspace to act in; default: the access key's default workspace, else 'default'",
+}]}
 
 
-@router.post("/v1/completions", summary="Text completion, routed by model name")
-async def completions(request: Request, workspace: CallerWorkspace) -> Response:
-    return await _proxy(request, workspace, "/v1/completions")
+def _caller(request: Request) -> str:
+    return request.scope.get("state", {}).get("workspace") or "default"
+
+
+@router.post("/v1/chat/completions", summary="Chat completion, routed by model name", openapi_extra=_WORKSPACE_HEADER)
+async def chat_completions(request: Request) -> Response:
+    return await _proxy(request, _caller(request), "/v1/chat/completions")
+
+
+@router.post("/v1/completions", summary="Text completion, routed by model name", openapi_extra=_WORKSPACE_HEADER)
+async def completions(request: Request) -> Response:
+    return await _proxy(request, _caller(request), "/v1/completions")
 
 
 @router.get("/v1/models", summary="What the caller can send requests to: endpoints and attached adapters")
