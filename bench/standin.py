@@ -40,9 +40,11 @@ def _stream(model: str) -> bytes:
 async def app(scope, receive, send) -> None:
     if scope["type"] != "http":
         if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                pass
-            await send({"type": "lifespan.shutdown.complete"})
+            while True:
+                kind = (await receive())["type"]
+                await send({"type": kind + ".complete"})  # lifespan.startup / lifespan.shutdown
+                if kind == "lifespan.shutdown":
+                    return
         return
     body = b""
     while True:
