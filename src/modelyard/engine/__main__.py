@@ -25,11 +25,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-cpu-loras", type=int, default=None, help="adapters kept parsed in memory (LRU)")
     parser.add_argument("--max-lora-rank", type=int, default=16, help="largest adapter rank accepted")
     parser.add_argument("--max-batch", type=int, default=32, help="requests decoded together")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="weights and activations (bfloat16 halves the bytes a step reads; float32 is exact)")
+    parser.add_argument("--kv-cache-bytes", type=int, default=None,
+                        help="KV cache budget; requests that do not fit wait (default: half the available memory)")
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's, the cores)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     engine = Engine(
         args.model, max_loras=args.max_loras, max_cpu_loras=args.max_cpu_loras, max_lora_rank=args.max_lora_rank,
-        max_batch=args.max_batch, served_name=args.served_model_name,
+        max_batch=args.max_batch, served_name=args.served_model_name, dtype=args.dtype,
+        kv_cache_bytes=args.kv_cache_bytes,
     )
     try:
         uvicorn.run(create_engine_app(engine), host=args.host, port=args.port, log_level="warning")

@@ -30,7 +30,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def builtin_command(
     model: str, *, served_name: str, host: str, port: int, max_loras: int, max_lora_rank: int,
-    max_cpu_loras: int | None = None,
+    max_cpu_loras: int | None = None, dtype: str | None = None, kv_cache_bytes: int | None = None,
 ) -> list[str]:
     """argv for the built-in CPU engine (``python -m modelyard.engine``)."""
     argv = [sys.executable, "-m", "modelyard.engine", "--model", model, "--served-model-name", served_name,
@@ -38,6 +38,10 @@ def builtin_command(
             "--max-lora-rank", str(max_lora_rank)]
     if max_cpu_loras is not None:
         argv += ["--max-cpu-loras", str(max_cpu_loras)]
+    if dtype is not None:
+        argv += ["--dtype", dtype]
+    if kv_cache_bytes is not None:
+        argv += ["--kv-cache-bytes", str(kv_cache_bytes)]
     return argv
 
 
