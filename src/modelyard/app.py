@@ -38,6 +38,7 @@ from modelyard.endpoints.supervisor import Supervisor
 from modelyard.errors import ECHO_LIMIT, ApiError, ServiceError, clip
 from modelyard.filesets.router import router as filesets_router
 from modelyard.gateway import pool as gateway_pool
+from modelyard.gateway.fast import FastInference, database_unavailable_response, error_response
 from modelyard.gateway.messages import router as messages_router
 from modelyard.gateway.registry import router as gateway_registry_router
 from modelyard.gateway.router import router as gateway_router
@@ -93,8 +94,6 @@ def configure_logging(settings: Settings) -> None:
     root.setLevel(settings.log_level.upper())
 
 
-DB_RETRY_AFTER_S = 5
-"""``Retry-After`` seconds of a 503 answered while the database is unreachable."""
 
 
 _GATEWAY_OPENAI = re.compile(r"^/apis/inference-gateway/v2/workspaces/[^/]+/(openai|model|provider)/")
@@ -234,10 +233,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(ServiceError)
     async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
-        if isinstance(exc, ApiError):
-            headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
-            return JSONResponse(exc.body(), status_code=exc.status_code, headers=headers)
-        return JSONResponse({"detail": exc.message}, status_code=exc.status_code)
+        return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -263,18 +259,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return await unexpected(request, exc)
         log.warning("database unavailable", extra={"method": request.method, "path": request.url.path,
                                                    "error": str(exc).splitlines()[0][:200]})
-        headers = {"Retry-After": str(DB_RETRY_AFTER_S)}
-        message = "the database is not reachable right now; retry shortly"
-        if _openai_surface(request.url.path):
-            body = ApiError(503, message, code="database_unavailable", kind="service_unavailable").body()
-            return JSONResponse(body, status_code=503, headers=headers)
-        return JSONResponse({"detail": message}, status_code=503, headers=headers)
+        return database_unavailable_response(_openai_surface(request.url.path))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", extra={"method": request.method, "path": request.url.path})
         return JSONResponse({"detail": "Internal server error"}, status_code=500)
 
+    app.add_middleware(FastInference)  # innermost: the two hot routes skip the router (gateway/fast.py)
     app.add_middleware(
         RequestBoundary, max_json_bytes=settings.max_json_bytes, max_replicas=settings.max_replicas,
         openai_surface=_openai_surface,

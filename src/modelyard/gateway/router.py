@@ -346,14 +346,19 @@ def _caller(request: Request) -> str:
     return request.scope.get("state", {}).get("workspace") or "default"
 
 
+async def proxy_request(request: Request, path: str) -> Response:
+    """``POST /v1/chat/completions`` or ``/v1/completions`` (called by :mod:`modelyard.gateway.fast` too)."""
+    return await _proxy(request, _caller(request), path)
+
+
 @router.post("/v1/chat/completions", summary="Chat completion, routed by model name", openapi_extra=_WORKSPACE_HEADER)
 async def chat_completions(request: Request) -> Response:
-    return await _proxy(request, _caller(request), "/v1/chat/completions")
+    return await proxy_request(request, "/v1/chat/completions")
 
 
 @router.post("/v1/completions", summary="Text completion, routed by model name", openapi_extra=_WORKSPACE_HEADER)
 async def completions(request: Request) -> Response:
-    return await _proxy(request, _caller(request), "/v1/completions")
+    return await proxy_request(request, "/v1/completions")
 
 
 @router.get("/v1/models", summary="What the caller can send requests to: endpoints and attached adapters")

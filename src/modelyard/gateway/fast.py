@@ -1,0 +1,76 @@
+"""The two hot routes, answered without FastAPI's router: ``POST /v1/chat/completions`` and ``POST /v1/completions``.
+
+Every other middleware still runs first (request id, metrics and access log, audit, authentication
+and roles, methods, the request boundary's size and character checks); this one sits innermost and
+sends these two paths straight to the gateway's proxy, skipping the route table scan, the dependency
+solver and the endpoint wrappers, which together cost about a quarter of a proxied request's CPU
+(``bench/gateway_overhead.py --target provider``). The routes stay declared on the FastAPI router
+for the OpenAPI and for anything mounted without this middleware; the answers are the same, errors
+included: a service error in the app's shape, a database outage as a 503 with ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from modelyard.db.engine import unavailable
+from modelyard.errors import ApiError, ServiceError
+
+log = logging.getLogger("modelyard")
+HOT = frozenset({"/v1/chat/completions", "/v1/completions"})
+_ROUTE = {path: SimpleNamespace(path=path) for path in HOT}
+"""What ``scope["route"]`` names for these (the HTTP metrics label requests by route template)."""
+DB_RETRY_AFTER_S = 5
+"""``Retry-After`` seconds of a 503 answered while the database is unreachable."""
+
+
+def error_response(exc: ServiceError) -> JSONResponse:
+    """A service error as the app answers it (OpenAI's shape for an :class:`ApiError`)."""
+    if isinstance(exc, ApiError):
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+        return JSONResponse(exc.body(), status_code=exc.status_code, headers=headers)
+    return JSONResponse({"detail": exc.message}, status_code=exc.status_code)
+
+
+def database_unavailable_response(openai: bool) -> JSONResponse:
+    headers = {"Retry-After": str(DB_RETRY_AFTER_S)}
+    message = "the database is not reachable right now; retry shortly"
+    if openai:
+        body: Any = ApiError(503, message, code="database_unavailable", kind="service_unavailable").body()
+        return JSONResponse(body, status_code=503, headers=headers)
+    return JSONResponse({"detail": message}, status_code=503, headers=headers)
+
+
+class FastInference:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in HOT:
+            await self.app(scope, receive, send)
+            return
+        from modelyard.gateway.router import proxy_request  # the router imports this module's helpers
+
+        scope["route"] = _ROUTE[scope["path"]]
+        request = Request(scope, receive)
+        try:
+            response = await proxy_request(request, scope["path"])
+        except ServiceError as exc:
+            response = error_response(exc)
+        except SQLAlchemyError as exc:
+            if not unavailable(exc):
+                raise
+            log.warning("database unavailable", extra={"method": "POST", "path": scope["path"],
+                                                       "error": str(exc).splitlines()[0][:200]})
+            response = database_unavailable_response(openai=True)
+        except Exception:
+            log.exception("unhandled error", extra={"method": "POST", "path": scope["path"]})
+            response = JSONResponse({"detail": "Internal server error"}, status_code=500)
+        await response(scope, receive, send)
