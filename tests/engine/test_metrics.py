@@ -6,34 +6,36 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from modelyard.engine.core import Engine, Generation, SamplingParams
-from modelyard.engine.server import create_engine_app
+from modelyard.engine.core import Generation, SamplingParams
+from tests.engine.test_server import http
+
+__all__ = ["http"]
 
 
-@pytest.fixture
-def http(fixture_models: dict[str, Path]):
-    engine = Engine(fixture_models["base"], max_loras=2, max_lora_rank=16, served_name="tiny")
-    with TestClient(create_engine_app(engine)) as client:
-        yield client
-    engine.shutdown()
+Samples = dict[str, list[tuple[dict[str, str], float]]]
 
 
-def scrape(http: TestClient) -> dict[str, list[tuple[dict[str, str], float]]]:
-    response = http.get("/metrics")
-    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
-    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for family in text_string_to_metric_families(response.text):
+def parse(text: str) -> Samples:
+    """Prometheus' text format, read with prometheus_client's own parser: sample name → (labels, value)."""
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
         for sample in family.samples:
             samples.setdefault(sample.name, []).append((sample.labels, sample.value))
     return samples
 
 
-def value(samples: dict, name: str, **labels: str) -> float:
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """The sum of ``name``'s samples whose labels include ``labels``."""
     return sum(v for got, v in samples.get(name, []) if all(got.get(k) == want for k, want in labels.items()))
+
+
+def scrape(http: TestClient) -> Samples:
+    response = http.get("/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    return parse(response.text)
 
 
 def test_counts_tokens_and_latencies_under_vllm_names(http: TestClient, fixture_models: dict[str, Path]) -> None:

@@ -11,7 +11,6 @@ import openai
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from prometheus_client.parser import text_string_to_metric_families
 from together import Together
 
 from modelyard.app import create_app
@@ -19,20 +18,7 @@ from modelyard.client import Modelyard
 from modelyard.config import Settings
 from tests.conftest import AUTH, TRUSTED, admin_key
 from tests.endpoints.test_serving import PROMPT, start_endpoint
-
-Samples = dict[str, list[tuple[dict[str, str], float]]]
-
-
-def parse(text: str) -> Samples:
-    samples: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
-    return samples
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return sum(v for got, v in samples.get(name, []) if all(got.get(k) == want for k, want in labels.items()))
+from tests.engine.test_metrics import parse, value
 
 
 @pytest.fixture
