@@ -82,6 +82,8 @@ class ServerMetrics:
         self.enabled = enabled
         self.registry = CollectorRegistry(auto_describe=True)
         self._runtime: _Runtime | None = None
+        self._http_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._gateway_children: dict[tuple[str, str, str], _GatewayChildren] = {}
         r = self.registry
         self.http_requests = Counter("modelyard_http_requests", "HTTP requests by route template, method and status.",
                                      ["route", "method", "status"], registry=r)
@@ -139,8 +141,19 @@ class ServerMetrics:
 
     def http(self, route: str, method: str, status: int, seconds: float) -> None:
         if self.enabled:
-            self.http_requests.labels(route, method, str(status)).inc()
-            self.http_latency.labels(route, method).observe(seconds)
+            key = (route, method, status)
+            children = self._http_children.get(key)
+            if children is None:  # ``labels()`` validates and locks: once per label set, not per request
+                children = self._http_children[key] = (self.http_requests.labels(route, method, str(status)),
+                                                        self.http_latency.labels(route, method))
+            children[0].inc()
+            children[1].observe(seconds)
+
+    def gateway(self, key: tuple[str, str, str]) -> _GatewayChildren:
+        children = self._gateway_children.get(key)
+        if children is None:
+            children = self._gateway_children[key] = _GatewayChildren(self, key)
+        return children
 
     def adapter_loaded(self, workspace: str, endpoint: str, ok: bool, seconds: float) -> None:
         if self.enabled:
@@ -162,6 +175,27 @@ class ServerMetrics:
         finally:
             if self.enabled:
                 self.attach_latency.labels(action, "ok" if ok else "error").observe(time.perf_counter() - started)
+
+
+class _GatewayChildren:
+    """One target's series (workspace, endpoint, model), looked up once."""
+
+    __slots__ = ("_metrics", "_outcomes", "completion_tokens", "key", "latency", "prompt_tokens", "tpot", "ttft")
+
+    def __init__(self, metrics: ServerMetrics, key: tuple[str, str, str]) -> None:
+        self._metrics, self.key = metrics, key
+        self._outcomes: dict[str, Any] = {}
+        self.latency = metrics.gateway_latency.labels(*key)
+        self.prompt_tokens = metrics.prompt_tokens.labels(*key)
+        self.completion_tokens = metrics.completion_tokens.labels(*key)
+        self.ttft = metrics.ttft.labels(*key)
+        self.tpot = metrics.tpot.labels(*key)
+
+    def requests(self, outcome: str) -> Any:
+        child = self._outcomes.get(outcome)
+        if child is None:
+            child = self._outcomes[outcome] = self._metrics.gateway_requests.labels(*self.key, outcome)
+        return child
 
 
 class GatewayCall:
@@ -209,17 +243,17 @@ class GatewayCall:
         now = time.perf_counter()
         outcome = outcome or outcome_of(status)
         if self.metrics is not None:
-            m, key = self.metrics, (self.workspace, self.endpoint, self.model)
-            m.gateway_requests.labels(*key, outcome).inc()
-            m.gateway_latency.labels(*key).observe(now - self.started)
+            m = self.metrics.gateway((self.workspace, self.endpoint, self.model))
+            m.requests(outcome).inc()
+            m.latency.observe(now - self.started)
             if self.prompt_tokens:
-                m.prompt_tokens.labels(*key).inc(self.prompt_tokens)
+                m.prompt_tokens.inc(self.prompt_tokens)
             if self.completion_tokens:
-                m.completion_tokens.labels(*key).inc(self.completion_tokens)
+                m.completion_tokens.inc(self.completion_tokens)
             if outcome == "ok" and self.first is not None:
-                m.ttft.labels(*key).observe(self.first - self.started)
+                m.ttft.observe(self.first - self.started)
                 if self.completion_tokens > 1:
-                    m.tpot.labels(*key).observe((now - self.first) / (self.completion_tokens - 1))
+                    m.tpot.observe((now - self.first) / (self.completion_tokens - 1))
         if self.usage is not None and self.model:
             self.usage.record(workspace=self.caller, model=self.model, endpoint_id=self.endpoint_id,
                               ok=outcome == "ok", prompt_tokens=self.prompt_tokens,
