@@ -277,8 +277,9 @@ class Engine:
 
     def _admit(self, incoming: list[Generation]) -> None:
         waiting: list[Generation] = []
+        kv_full = False  # once a request waits for KV cache, later ones wait behind it (no starvation)
         for gen in incoming:
-            if waiting or len(self.running) >= self.max_batch:  # first come, first served
+            if kv_full or len(self.running) >= self.max_batch:
                 waiting.append(gen)
                 continue
             if not gen.prompt_ids or len(gen.prompt_ids) >= self.max_context:
@@ -290,6 +291,7 @@ class Engine:
                 if need > self.kv_cache_bytes:
                     if self.running:  # wait for rows to finish and free KV cache
                         waiting.append(gen)
+                        kv_full = True
                         continue
                     gen.emit(("error", f"the request needs {need} bytes of KV cache, above this engine's "
                                        f"budget of {self.kv_cache_bytes} (--kv-cache-bytes)"))
