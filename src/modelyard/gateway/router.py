@@ -16,8 +16,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import orjson
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 
 from modelyard.auth.deps import CallerWorkspace
 from modelyard.db.session import in_db
@@ -156,14 +157,14 @@ async def _forward(request: Request, supervisor: Supervisor, target: Target, pat
             replica.in_flight -= 1
         if upstream.status_code == 200:
             try:
-                payload = json.loads(content)
+                payload = orjson.loads(content)
                 payload["model"] = requested
             except (ValueError, TypeError):
                 pass
             else:
                 call.tokens(payload.get("usage"))
                 call.finish(200)
-                return JSONResponse(payload)
+                return Response(orjson.dumps(payload), media_type="application/json")
         call.finish(upstream.status_code)
         if upstream.status_code >= 400:
             return Response(_openai_error(content, upstream.status_code), status_code=upstream.status_code,
