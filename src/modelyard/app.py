@@ -17,7 +17,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
 
 from modelyard import __version__
@@ -225,7 +225,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/metrics", tags=["health"], include_in_schema=settings.metrics == "on",
-             summary="Prometheus metrics (text format)")
+             summary="Prometheus metrics (text format)", response_class=PlainTextResponse,
+             responses={200: {"description": "Prometheus' text exposition format",
+                              "content": {"text/plain": {"schema": {"type": "string"}}}}})
     def metrics(request: Request) -> Response:
         if settings.metrics != "on":
             return JSONResponse({"detail": "Not Found"}, status_code=404)

@@ -22,10 +22,14 @@ ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
 class Pool:
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def session(self) -> aiohttp.ClientSession:
-        """The session, made on first use inside the server's event loop."""
-        if self._session is None or self._session.closed:
+        """The session, made on first use inside the server's event loop (again if the loop changed:
+        a session belongs to the loop it was made in, and test clients may run each call in a new one)."""
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._session.closed or self._loop is not loop:
+            self._loop = loop
             connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=2.0, ttl_dns_cache=300,
                                              enable_cleanup_closed=False)
             self._session = aiohttp.ClientSession(
@@ -36,9 +40,9 @@ class Pool:
         return self._session
 
     async def close(self) -> None:
-        if self._session is not None and not self._session.closed:
-            await self._session.close()
-        self._session = None
+        session, self._session = self._session, None
+        if session is not None and not session.closed and self._loop is asyncio.get_running_loop():
+            await session.close()
 
 
 def of(state: Any) -> Pool:

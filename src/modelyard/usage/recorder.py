@@ -221,11 +221,12 @@ class UsageRecorder:
 
     async def stop(self) -> None:
         """Stop the background flushes and flush one last time."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            if task.get_loop() is asyncio.get_running_loop():  # a test client may stop on another loop
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         try:
             await self.flush_async()
         except Exception as exc:  # noqa: BLE001 - stopping anyway; say what is lost
