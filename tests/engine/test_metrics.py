@@ -103,3 +103,15 @@ def test_request_id_is_echoed(http: TestClient) -> None:
                          headers={"X-Request-ID": "abc-123"})
     assert response.status_code == 200 and response.headers["x-request-id"] == "abc-123"
     assert "x-request-id" not in http.get("/health").headers
+
+
+def test_slot_loads_and_evictions_are_counted(http: TestClient, fixture_models: dict[str, Path]) -> None:
+    """Three adapters through two slots, one at a time: the third pushes out the least recently used."""
+    for name in ("pirate", "chef", "space"):
+        http.post("/v1/load_lora_adapter", json={"lora_name": name, "lora_path": str(fixture_models[name])})
+    for name in ("pirate", "chef", "space", "pirate"):
+        assert http.post("/v1/completions", json={"model": name, "prompt": "hi", "max_tokens": 1}).status_code == 200
+    samples = scrape(http)
+    assert value(samples, "modelyard_engine_lora_slot_loads_total", model_name="tiny") == 4
+    assert value(samples, "modelyard_engine_lora_evictions_total", model_name="tiny") == 2
+    assert value(samples, "modelyard_engine_lora_resident", model_name="tiny") == 2

@@ -28,7 +28,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers import AttentionInterface, AutoModelForCausalLM, AutoTokenizer, DynamicCache, GenerationConfig
+from transformers import (
+    AttentionInterface,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    DynamicCache,
+    GenerationConfig,
+)
 from transformers.cache_utils import get_layer_types_and_kwargs
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -127,6 +133,8 @@ class Engine:
         self.adapters: dict[str, str] = {}  # loaded adapters: name -> path
         self.cpu_cache: OrderedDict[str, LoraWeights] = OrderedDict()
         self.resident: OrderedDict[str, int] = OrderedDict()  # name -> slot, LRU first
+        self.slot_loads = 0  # adapters written into a slot of the batched weights (counted for /metrics)
+        self.evictions = 0  # of them, those that pushed out the least recently used resident adapter
         self.rows_per_slot: dict[int, int] = {}
         self.retired: set[str] = set()  # unloaded names whose slots the engine thread must retire
 
@@ -260,6 +268,8 @@ class Engine:
             if victim is None:
                 return None
             free = self.resident.pop(victim)
+            self.evictions += 1
+        self.slot_loads += 1
         with self.cond:
             weights = self.cpu_cache.get(adapter)
             path = self.adapters.get(adapter)
@@ -283,8 +293,8 @@ class Engine:
                 waiting.append(gen)
                 continue
             if not gen.prompt_ids or len(gen.prompt_ids) >= self.max_context:
-                gen.emit(("error", f"the prompt has {len(gen.prompt_ids)} tokens; this model's context is "
-                                   f"{self.max_context}"))
+                gen.emit(("error", (f"the prompt has {len(gen.prompt_ids)} tokens; this model's context is "
+                                    f"{self.max_context}")))
                 continue
             if self.fast:
                 need = self._kv_bytes_with(gen)
@@ -293,8 +303,8 @@ class Engine:
                         waiting.append(gen)
                         kv_full = True
                         continue
-                    gen.emit(("error", f"the request needs {need} bytes of KV cache, above this engine's "
-                                       f"budget of {self.kv_cache_bytes} (--kv-cache-bytes)"))
+                    gen.emit(("error", (f"the request needs {need} bytes of KV cache, above this engine's "
+                                        f"budget of {self.kv_cache_bytes} (--kv-cache-bytes)")))
                     continue
             try:
                 slot = self._slot_for(gen.adapter)

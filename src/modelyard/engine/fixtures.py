@@ -412,7 +412,14 @@ def build_shape_model(out_dir: Path, shape: str, seed: int = 0) -> Path:
     """A checkpoint with the exact config of the real model ``shape`` (a key of :data:`REAL_SHAPES`)
     and random weights (throughput does not depend on their values), with a tokenizer made here.
     Reuses a complete earlier build in ``out_dir``."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, Gemma3TextConfig, LlamaConfig, Qwen2Config
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        Gemma3TextConfig,
+        GenerationConfig,
+        LlamaConfig,
+        Qwen2Config,
+    )
 
     out_dir = Path(out_dir)
     marker = out_dir / "shape.json"

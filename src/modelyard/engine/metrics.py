@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 # vLLM's own bucket edges (seconds), so dashboards made for it bin the same way
@@ -49,7 +49,7 @@ class _EngineState(Collector):
     def __init__(self, engine: Any) -> None:
         self.engine = engine
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         name = self.engine.served_name
         running, waiting = _snapshot(self.engine.running), _snapshot(self.engine.pending)
         family = GaugeMetricFamily("vllm:num_requests_running", "Number of requests in model execution batches.",
@@ -66,12 +66,21 @@ class _EngineState(Collector):
         yield family
         family = GaugeMetricFamily("modelyard_engine_lora_resident", "Adapters loaded in the batched LoRA weights.",
                                    labels=["model_name"])
-        family.add_metric([name], len(_snapshot(self.engine.resident)))
+        # (slots of unloaded adapters waiting to be retired are kept under a name with NULs: not counted)
+        family.add_metric([name], sum(1 for n in _snapshot(self.engine.resident) if "\0" not in n))
         yield family
         family = GaugeMetricFamily("modelyard_engine_lora_loaded", "Adapters registered with the engine.",
                                    labels=["model_name"])
         family.add_metric([name], len(_snapshot(self.engine.adapters)))
         yield family
+        counter = CounterMetricFamily("modelyard_engine_lora_slot_loads", "Adapters written into a slot of the "
+                                      "batched LoRA weights.", labels=["model_name"])
+        counter.add_metric([name], getattr(self.engine, "slot_loads", 0))
+        yield counter
+        counter = CounterMetricFamily("modelyard_engine_lora_evictions", "Resident adapters pushed out of their "
+                                      "slot (least recently used) to make room for another.", labels=["model_name"])
+        counter.add_metric([name], getattr(self.engine, "evictions", 0))
+        yield counter
 
 
 class EngineMetrics:
