@@ -8,6 +8,7 @@ message saying how to enable them.
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import threading
@@ -26,6 +27,14 @@ from modelyard.app import create_app
 from modelyard.client import Modelyard
 from modelyard.config import Settings
 from modelyard.db.engine import Database
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Everything imported so far (torch, transformers, the app) lives until the end: move it out of
+    the collector's reach, so a full collection during a test does not scan it (on this 2-core machine
+    such a pause stalled live servers' answers and PostgreSQL connects past their timeouts)."""
+    gc.collect()
+    gc.freeze()
 
 os.environ.setdefault("MODELYARD_ALLOWED_HOSTS", "testserver")  # the Host of Starlette's TestClient
 

@@ -44,10 +44,10 @@ def test_gateway_traffic_is_counted_by_endpoint_adapter_and_outcome(
     with pytest.raises(openai.NotFoundError):
         oa.chat.completions.create(model="ghost", messages=PROMPT)
     raw = httpx.post(live_server + "/v1/chat/completions", headers={**AUTH(), "X-Request-ID": "trace-42"},
-                     json={"model": "pirate", "messages": PROMPT, "max_tokens": 2})
+                     json={"model": "pirate", "messages": PROMPT, "max_tokens": 2}, timeout=30)
     assert raw.status_code == 200 and raw.headers["x-request-id"] == "trace-42"
 
-    samples = parse(httpx.get(live_server + "/metrics").text)
+    samples = parse(httpx.get(live_server + "/metrics", timeout=30).text)
     key = {"workspace": "default", "endpoint": endpoint.name}
     assert value(samples, "modelyard_gateway_requests_total", **key, model="pirate", outcome="ok") == 4
     assert value(samples, "modelyard_gateway_requests_total", **key, model=endpoint.name, outcome="ok") == 1
@@ -71,12 +71,13 @@ def test_gateway_traffic_is_counted_by_endpoint_adapter_and_outcome(
 
     # the engine counted what the gateway counted, under vLLM's names
     replica = app.state.supervisor.runtimes[endpoint.id].replicas[0].client.base_url
-    engine = parse(httpx.get(replica + "/metrics").text)
+    engine = parse(httpx.get(replica + "/metrics", timeout=30).text)
     assert value(engine, "vllm:generation_tokens_total") == sum(
         value(samples, "modelyard_gateway_completion_tokens_total", **key, model=m) for m in ("pirate", endpoint.name))
 
     # and the usage records: per model, this minute, tokens included (the stream's too)
-    rows = httpx.get(live_server + "/v1/usage", params={"granularity": "minute"}, headers=AUTH()).json()["data"]
+    rows = httpx.get(live_server + "/v1/usage", params={"granularity": "minute"}, headers=AUTH(),
+                     timeout=30).json()["data"]
     pirate = [r for r in rows if r["model"] == "pirate"]
     assert sum(r["requests"] for r in pirate) == 4 and sum(r["errors"] for r in pirate) == 0
     assert sum(r["completion_tokens"] for r in pirate) == \
