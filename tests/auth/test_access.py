@@ -68,6 +68,7 @@ MATRIX: list[tuple[str, str, object, dict[str, str] | None, tuple[int, ...]]] = 
     ("POST", "/v1/messages", {"model": "ghost", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]},
      V1, (404, 404, 404, 404, 404, 403)),
     ("GET", "/apis/auth/v2/audit", None, None, (200, 200, 200, 200, 200, 403)),
+    ("GET", "/v1/usage", None, V1, (404, 200, 200, 200, 200, 200)),
 ]
 
 
