@@ -53,6 +53,20 @@ class Settings(BaseSettings):
     vllm_python: str | None = None
     """Interpreter with vLLM installed, for endpoints with ``engine: vllm`` (default: see engine/vllm.py)."""
 
+    ray_address: str | None = None
+    """A Ray cluster (``ray://host:10001`` or ``host:6379``, as ``ray.init`` takes it): endpoints without a
+    ``placement`` run their replicas on its nodes. Unset: replicas run on this machine."""
+
+    ray_namespace: str = "modelyard"
+    """Ray namespace of the replicas' named actors (servers of one deployment must share it)."""
+
+    lease_seconds: float = 10.0
+    """How long a server process owns an endpoint without renewing its lease (renewed every third of it);
+    a process that stops renewing loses its endpoints to the others, which adopt their replicas."""
+
+    remote_health_interval: float = 5.0
+    """Seconds between health checks of ``remote`` engines' URLs."""
+
     max_file_size: int = 50 * 1024**3
     """Largest file one upload may store, in bytes (413 above it)."""
 

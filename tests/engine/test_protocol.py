@@ -32,15 +32,28 @@ def _vllm_param() -> Any:
     return pytest.param("vllm", marks=marks)
 
 
-@pytest.fixture(scope="module", params=["builtin", _vllm_param()])
+def _ray_param() -> Any:
+    marks = [pytest.mark.ray]
+    if os.environ.get("MODELYARD_TEST_RAY") != "1":
+        marks.append(pytest.mark.skip(reason="Ray protocol tests run under `make test-ray`"))
+    return pytest.param("ray", marks=marks)
+
+
+@pytest.fixture(scope="module", params=["builtin", "remote", _vllm_param(), _ray_param()])
 def engine_url(request: pytest.FixtureRequest, fixture_models: dict[str, Path],
                tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One engine server, reached the way its backend reaches it: a child process (``builtin``,
+    ``vllm``), a server someone else runs, checked and adopted by URL (``remote``), or a replica placed
+    on a local Ray cluster (``ray``)."""
     logs = tmp_path_factory.mktemp("engine-logs")
     base = str(fixture_models["base"])
     if request.param == "vllm":
         assert Path(vllm_python()).exists(), "run `make vllm-env` first"
         process = start_vllm(base, served_name="tiny", log_path=logs / "vllm.log", max_loras=2,
                              max_lora_rank=MAX_RANK, max_model_len=512)
+    elif request.param in ("remote", "ray"):
+        yield from _through_backend(request.param, base, logs)
+        return
     else:
         port = free_port()
         argv = builtin_command(base, served_name="tiny", host="127.0.0.1", port=port, max_loras=2,
@@ -51,6 +64,38 @@ def engine_url(request: pytest.FixtureRequest, fixture_models: dict[str, Path],
         yield process.url
     finally:
         process.stop()
+
+
+def _through_backend(kind: str, base: str, logs: Path) -> Iterator[str]:
+    """A replica launched (``ray``) or adopted (``remote``: a built-in engine this test starts, as
+    someone else's server) by the backend, so its handle's URL is what the protocol tests drive."""
+    from modelyard.config import Settings
+    from modelyard.engine.backends import Backends, ReplicaSpec
+
+    outside: EngineProcess | None = None
+    url = None
+    if kind == "remote":
+        port = free_port()
+        argv = builtin_command(base, served_name="tiny", host="127.0.0.1", port=port, max_loras=2,
+                               max_lora_rank=MAX_RANK)
+        outside = EngineProcess(argv=argv, url=f"http://127.0.0.1:{port}", log_path=logs / "remote.log").start()
+        url = outside.url
+    settings = Settings(home=logs / "home")
+    backends = Backends(settings)
+    spec = ReplicaSpec(endpoint_id="endpoint-protocol", served_name="tiny", engine="builtin", serial=1,
+                       model_path=base, max_loras=2, max_lora_rank=MAX_RANK, log_path=logs / f"{kind}.log",
+                       url=url, start_timeout=120)
+    try:
+        handle = asyncio.run(backends.get(kind).launch(spec))
+        try:
+            assert handle.alive()
+            yield handle.url
+        finally:
+            asyncio.run(handle.stop())
+            asyncio.run(backends.close())
+    finally:
+        if outside is not None:
+            outside.stop()
 
 
 def run(coro_fn: Any) -> Any:

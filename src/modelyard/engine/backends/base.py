@@ -1,0 +1,107 @@
+"""The protocol every way of running an engine replica implements.
+
+A :class:`Backend` turns a :class:`ReplicaSpec` into a running, healthy replica and hands back a
+:class:`ReplicaHandle`: its URL (everything else talks to the replica over HTTP, vLLM's protocol,
+through :class:`~modelyard.engine.client.EngineClient`), its liveness, and how to stop it. A handle
+can be written down (:meth:`ReplicaHandle.record`, a small JSON object kept in the database) and a
+later process can :meth:`Backend.adopt` it from that record instead of starting a duplicate.
+
+Backends know nothing of endpoints, adapters or the database; the supervisor and the endpoint's
+:class:`~modelyard.endpoints.pool.ReplicaPool` decide when to launch, adopt and stop.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+
+class BackendError(RuntimeError):
+    """A replica could not be launched or reached; the message says why (quoting the engine's log)."""
+
+
+class BackendUnavailable(BackendError):
+    """The backend itself cannot be used now (a Ray cluster that does not answer): endpoints wait in
+    PENDING until it is back, rather than counting failures toward ERROR."""
+
+
+@dataclass(frozen=True)
+class ReplicaSpec:
+    """Everything a backend needs to run one replica of one endpoint."""
+
+    endpoint_id: str
+    served_name: str
+    """The name the engine serves the base model under (the endpoint's name)."""
+    engine: str
+    """The engine kind (``builtin``, ``vllm``; see :mod:`modelyard.engine.backends.engines`)."""
+    serial: int
+    """This replica's number within the endpoint (names its log, its Ray actor)."""
+    model_path: str | None = None
+    """The local checkpoint folder (None for engines someone else runs)."""
+    max_loras: int = 4
+    max_lora_rank: int = 16
+    log_path: Path | None = None
+    resources: dict[str, float] = field(default_factory=dict)
+    """What a replica needs from a node (``{"CPU": 1}``, ``{"GPU": 1}``, a custom resource)."""
+    url: str | None = None
+    """For ``remote``: the server this replica is."""
+    start_timeout: float = 300.0
+    env: dict[str, str] = field(default_factory=dict)
+    """Extra environment for the engine process."""
+
+
+class ReplicaHandle(abc.ABC):
+    """One replica, however it runs. ``alive()`` never does I/O (the gateway calls it per request);
+    ``check()`` may (the supervisor calls it each pass) and updates what ``alive()`` answers."""
+
+    backend: ClassVar[str]
+    url: str
+    log_path: Path | None = None
+    node: str | None = None
+    """Where it runs, for people: a host, a Ray node id."""
+
+    @abc.abstractmethod
+    def alive(self) -> bool: ...
+
+    async def check(self) -> bool:
+        """Look again (a process poll, a health request, the Ray actor's state); returns ``alive()``."""
+        return self.alive()
+
+    @abc.abstractmethod
+    async def stop(self) -> None:
+        """Stop the replica (gracefully, then by force); a replica already gone is fine."""
+
+    @abc.abstractmethod
+    def record(self) -> dict[str, Any]:
+        """A small JSON-able description from which :meth:`Backend.adopt` can find this replica again."""
+
+    @property
+    def pid(self) -> int | None:
+        """The local process id, for backends that run one on this machine."""
+        return None
+
+    def detach(self) -> None:
+        """Forget the replica without stopping it (another process adopts it)."""
+
+
+class Backend(abc.ABC):
+    """One way of running replicas. One instance per server process (see :func:`~modelyard.engine.
+    backends.backend`)."""
+
+    name: ClassVar[str]
+    manages_lifecycle: ClassVar[bool] = True
+    """False for servers someone else runs: never started or stopped by us."""
+
+    @abc.abstractmethod
+    async def launch(self, spec: ReplicaSpec) -> ReplicaHandle:
+        """Start a replica and return once it answers ``/health``; :class:`BackendError` otherwise
+        (leaving nothing running)."""
+
+    @abc.abstractmethod
+    async def adopt(self, spec: ReplicaSpec, record: dict[str, Any]) -> ReplicaHandle | None:
+        """The replica ``record`` describes, if it still runs and answers; None otherwise."""
+
+    async def close(self) -> None:
+        """Release what the backend holds (a Ray connection); replicas keep running."""
