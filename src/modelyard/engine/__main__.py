@@ -30,7 +30,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kv-cache-bytes", type=int, default=None,
                         help="KV cache budget; requests that do not fit wait (default: half the available memory)")
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's, the cores)")
+    parser.add_argument("--orphan-timeout", type=float, default=None, metavar="SECONDS",
+                        help="exit (as on SIGTERM) when no GET /health with the X-Modelyard-Owner header arrived "
+                        "for this long: a replica whose owner vanished and nobody adopted (default: never)")
     args = parser.parse_args(argv)
+    if args.orphan_timeout is not None and args.orphan_timeout <= 0:
+        parser.error("--orphan-timeout must be positive")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if args.threads:
         import torch
@@ -41,8 +46,16 @@ def main(argv: list[str] | None = None) -> None:
         max_batch=args.max_batch, served_name=args.served_model_name, dtype=args.dtype,
         kv_cache_bytes=args.kv_cache_bytes,
     )
+    server: uvicorn.Server | None = None
+
+    def orphaned() -> None:  # on the server's loop: the same graceful exit as SIGTERM's
+        if server is not None:
+            server.should_exit = True
+
     try:
-        uvicorn.run(create_engine_app(engine), host=args.host, port=args.port, log_level="warning")
+        app = create_engine_app(engine, orphan_timeout=args.orphan_timeout, on_orphan=orphaned)
+        server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning"))
+        server.run()
     finally:
         engine.shutdown()
 

@@ -31,8 +31,10 @@ def free_port(host: str = "127.0.0.1") -> int:
 def builtin_command(
     model: str, *, served_name: str, host: str, port: int, max_loras: int, max_lora_rank: int,
     max_cpu_loras: int | None = None, dtype: str | None = None, kv_cache_bytes: int | None = None,
+    orphan_timeout: float | None = None,
 ) -> list[str]:
-    """argv for the built-in CPU engine (``python -m modelyard.engine``)."""
+    """argv for the built-in CPU engine (``python -m modelyard.engine``); with ``orphan_timeout`` it
+    exits once no owner's health check (``X-Modelyard-Owner``) arrived for that many seconds."""
     argv = [sys.executable, "-m", "modelyard.engine", "--model", model, "--served-model-name", served_name,
             "--host", host, "--port", str(port), "--max-loras", str(max_loras),
             "--max-lora-rank", str(max_lora_rank)]
@@ -42,6 +44,8 @@ def builtin_command(
         argv += ["--dtype", dtype]
     if kv_cache_bytes is not None:
         argv += ["--kv-cache-bytes", str(kv_cache_bytes)]
+    if orphan_timeout is not None:
+        argv += ["--orphan-timeout", str(orphan_timeout)]
     return argv
 
 

@@ -4,15 +4,21 @@
 with ``stream: true`` as server-sent events), ``POST /v1/load_lora_adapter`` and
 ``POST /v1/unload_lora_adapter``: the same protocol ``vllm serve --enable-lora`` speaks, so the
 gateway talks to every engine the same way. Errors are ``{"error": {message, type, code}}``.
+
+A replica whose owning server vanished keeps serving until another server adopts it; with an
+``orphan_timeout`` it stops itself once no owner has asked for ``/health`` (with the
+:data:`OWNER_HEADER`) for that long, so a replica nobody adopts does not run forever.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
@@ -25,6 +31,12 @@ from starlette.concurrency import run_in_threadpool
 from modelyard.engine.core import Engine, Generation, SamplingParams, UnknownAdapter
 from modelyard.engine.lora import AdapterError
 from modelyard.engine.metrics import EngineMetrics
+
+log = logging.getLogger(__name__)
+
+OWNER_HEADER = "X-Modelyard-Owner"
+"""Sent by the owning server's supervisor on its ``GET /health`` checks; only these count as an owner
+being there (a load balancer's plain health checks do not)."""
 
 
 class ParameterError(ValueError):
@@ -187,9 +199,63 @@ class _EchoRequestId:
         await self.app(scope, receive, echo)
 
 
-def create_engine_app(engine: Engine) -> FastAPI:
-    app = FastAPI(title="Modelyard engine", docs_url="/docs")
+class _OrphanWatch:
+    """Calls ``on_orphan`` once when no owner's health check arrived for ``timeout`` seconds (counted
+    from the app's start, so a new replica has that long to be adopted by its first check)."""
+
+    def __init__(self, timeout: float, on_orphan: Callable[[], None]) -> None:
+        self.timeout = timeout
+        self.on_orphan = on_orphan
+        self.last_seen = time.monotonic()
+        self.owner: str | None = None
+
+    def seen(self, owner: str) -> None:
+        self.last_seen = time.monotonic()
+        self.owner = owner
+
+    async def run(self) -> None:
+        tick = min(1.0, self.timeout / 4)
+        while True:
+            await asyncio.sleep(tick)
+            quiet = time.monotonic() - self.last_seen
+            if quiet >= self.timeout:
+                log.warning("no owner's health check for %.1fs (orphan timeout %.1fs; last owner: %s); "
+                            "stopping", quiet, self.timeout, self.owner or "none")
+                self.on_orphan()
+                return
+
+
+def create_engine_app(
+    engine: Engine, *, orphan_timeout: float | None = None, on_orphan: Callable[[], None] | None = None,
+) -> FastAPI:
+    """The engine's app. With ``orphan_timeout`` (seconds), ``on_orphan`` is called (once) when no
+    ``GET /health`` carrying the :data:`OWNER_HEADER` arrived for that long; the caller makes it stop
+    the server (``python -m modelyard.engine`` ends uvicorn as on SIGTERM)."""
+    watch: _OrphanWatch | None = None
+    if orphan_timeout is not None:
+        if orphan_timeout <= 0:
+            raise ValueError("orphan_timeout must be positive")
+        if on_orphan is None:
+            raise ValueError("orphan_timeout needs on_orphan, which stops the server")
+        watch = _OrphanWatch(orphan_timeout, on_orphan)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if watch is None:
+            yield
+            return
+        watch.last_seen = time.monotonic()
+        task = asyncio.create_task(watch.run())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    app = FastAPI(title="Modelyard engine", docs_url="/docs", lifespan=lifespan)
     app.state.engine = engine
+    app.state.orphan_watch = watch
     metrics = EngineMetrics(engine)
 
     app.add_middleware(_EchoRequestId)
@@ -202,7 +268,10 @@ def create_engine_app(engine: Engine) -> FastAPI:
                      param=where or None)
 
     @app.get("/health")
-    def health() -> PlainTextResponse:
+    def health(request: Request) -> PlainTextResponse:
+        owner = request.headers.get(OWNER_HEADER)
+        if watch is not None and owner:
+            watch.seen(owner)
         return PlainTextResponse("", status_code=200)
 
     @app.get("/metrics")
