@@ -1,5 +1,6 @@
 """The database is the source of truth: kill the server, start it again, and the endpoint comes back
-with its adapters loaded and answering exactly as before (and the killed server's engines are gone)."""
+with its adapters loaded and answering exactly as before: the killed server's engines kept serving
+and are adopted by the new one (its replicas are rows), never started twice."""
 
 from __future__ import annotations
 
@@ -68,17 +69,21 @@ def test_kill_the_server_and_start_it_again(
                     .choices[0].message.content for m in ("pirate", "chef")}
 
         before = answers()
-        orphans = _engine_pids(home)
-        assert orphans
+        engines = _engine_pids(home)
+        assert len(engines) == 1
         server.send_signal(signal.SIGKILL)
         server.wait()
+        assert _engine_pids(home) == engines  # the replica outlives its owner
 
         server = _serve(home, port, log)
         wait_for(lambda: tg.endpoints.retrieve(endpoint.id).state == "STARTED", what="STARTED after restart")
         assert [a.adapter_name for a in tg.endpoints.adapters.list(endpoint.id).data] == ["pirate", "chef"]
         assert answers() == before
-        time.sleep(0.5)
-        assert not (orphans & _engine_pids(home)), "the killed server's engines were not stopped"
+        wait_for(lambda: "replica adopted" in log.read_text(), 30, "the replica adopted")
+        time.sleep(1.0)
+        assert _engine_pids(home) == engines, "the new server started another engine instead of adopting"
+        assert tg.endpoints.retrieve(endpoint.id).replicas == 1
+        assert answers() == before
     finally:
         server.send_signal(signal.SIGTERM)
         try:

@@ -61,8 +61,8 @@ def ask(oa: openai.OpenAI, model: str, max_tokens: int = 10) -> str:
 
 
 def pids(app: FastAPI, endpoint_id: str) -> list[int]:
-    runtime = app.state.supervisor.runtimes.get(endpoint_id)
-    return [r.process.pid for r in runtime.replicas if r.process.alive()] if runtime else []
+    pool = app.state.supervisor.pools.get(endpoint_id)
+    return [r.handle.pid for r in pool.replicas if r.alive()] if pool else []
 
 
 def test_attach_route_stream_and_detach_with_the_official_sdks(registry: tuple[Modelyard, Together],
@@ -131,8 +131,8 @@ def _remember_app(app: FastAPI, live_server: str) -> None:
 
 
 def app_replica(live_server: str) -> str:
-    (runtime,) = _APPS[live_server].state.supervisor.runtimes.values()
-    return runtime.replicas[0].process.url
+    (pool,) = _APPS[live_server].state.supervisor.pools.values()
+    return pool.replicas[0].url
 
 
 def engine_models(url: str) -> set[str]:
@@ -217,7 +217,7 @@ def test_a_server_stopping_while_a_replica_starts_leaves_no_engine(
     tg.endpoints.create(model="default/tiny", hardware="cpu", autoscaling={"min_replicas": 1, "max_replicas": 1})
     wait_for(lambda: _engines_under(settings.home), what="an engine process starting")
     supervisor = app.state.supervisor
-    assert not any(rt.replicas for rt in supervisor.runtimes.values())  # still starting: not a replica yet
+    assert not any(pool.replicas for pool in supervisor.pools.values())  # still starting: not a replica yet
     loop = supervisor._loop_task.get_loop()
     asyncio.run_coroutine_threadsafe(supervisor.stop(), loop).result(60)
     wait_for(lambda: not _engines_under(settings.home), timeout=15, what="no engine left")
@@ -389,10 +389,10 @@ def test_inactive_endpoints_stop_themselves(app: FastAPI, registry: tuple[Modely
     _, tg = registry
     endpoint = start_endpoint(tg, inactive_timeout=1)
     assert tg.endpoints.retrieve(endpoint.id).inactive_timeout == 1
-    runtime = app.state.supervisor.runtimes[endpoint.id]
     wait_for(lambda: tg.endpoints.retrieve(endpoint.id).state == "STARTED", what="STARTED")
+    pool = app.state.supervisor.pools[endpoint.id]
     assert tg.endpoints.retrieve(endpoint.id).state == "STARTED"  # not idle for a minute yet
-    runtime.last_request -= 61  # as if the last request came a minute and a second ago
+    pool.last_request -= 61  # as if the last request came a minute and a second ago
     app.state.supervisor.wake()
     wait_for(lambda: tg.endpoints.retrieve(endpoint.id).state == "STOPPED", what="STOPPED after inactivity")
     assert pids(app, endpoint.id) == []
@@ -443,21 +443,21 @@ def test_a_replica_dead_before_answering_is_retried_on_the_other(
     endpoint = start_endpoint(tg, autoscaling={"min_replicas": 2, "max_replicas": 2})
     wait_for(lambda: len(pids(app, endpoint.id)) == 2, what="two replicas")
     before = ask(oa, endpoint.name)
-    runtime = app.state.supervisor.runtimes[endpoint.id]
-    victim = runtime.pick()  # the replica the next request is sent to
-    os.kill(victim.process.pid, signal.SIGKILL)
-    victim.process.proc.wait(10)
-    victim.process.alive = lambda: True  # the window before anyone notices the death
+    pool = app.state.supervisor.pools[endpoint.id]
+    victim = pool.pick(None)  # the replica the next request for the base model is sent to
+    os.kill(victim.handle.pid, signal.SIGKILL)
+    victim.handle.process.proc.wait(10)
+    victim.handle.alive = lambda: True  # the window before anyone notices the death
     try:
         assert ask(oa, endpoint.name) == before
         streamed = oa.chat.completions.create(model=endpoint.name, messages=PROMPT, max_tokens=10, temperature=0,
                                               stream=True)
         assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == before
-        wait_for(lambda: runtime.in_flight == 0, timeout=10, what="the requests counted out")
+        wait_for(lambda: pool.in_flight == 0, timeout=10, what="the requests counted out")
         assert victim.in_flight == 0
     finally:
-        del victim.process.alive  # back to the real check: the supervisor replaces it
-    wait_for(lambda: len(pids(app, endpoint.id)) == 2 and victim.process.pid not in pids(app, endpoint.id),
+        del victim.handle.alive  # back to the real check: the supervisor replaces it
+    wait_for(lambda: len(pids(app, endpoint.id)) == 2 and victim.handle.pid not in pids(app, endpoint.id),
              what="the dead replica replaced")
 
 

@@ -13,19 +13,26 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from modelyard.endpoints.supervisor import Replica, Runtime
+from modelyard.endpoints.pool import Lease, Replica, ReplicaPool
+from modelyard.engine.backends import ReplicaHandle
 from modelyard.engine.client import EngineClient
 from modelyard.errors import ApiError
 from modelyard.gateway.router import _relay, _send
 
 
 @dataclass
-class FakeProcess:
-    pid: int | None = None
+class FakeHandle(ReplicaHandle):
+    url: str = ""
     up: bool = True
 
     def alive(self) -> bool:
         return self.up
+
+    async def stop(self) -> None:
+        self.up = False
+
+    def record(self) -> dict[str, str]:
+        return {}
 
 
 class FakeSupervisor:
@@ -44,7 +51,8 @@ def closed_port_url() -> str:
 
 
 def dead_replica() -> Replica:
-    return Replica(process=FakeProcess(), client=EngineClient(closed_port_url()))
+    url = closed_port_url()
+    return Replica(url, FakeHandle(url), EngineClient(url))
 
 
 def mock_replica(handler: Callable[[httpx.Request], httpx.Response], calls: list[str]) -> Replica:
@@ -53,7 +61,21 @@ def mock_replica(handler: Callable[[httpx.Request], httpx.Response], calls: list
         return handler(request)
 
     http = httpx.AsyncClient(transport=httpx.MockTransport(counted))
-    return Replica(process=FakeProcess(), client=EngineClient("http://replica", http=http))
+    return Replica(f"replica-{len(calls)}-{id(http)}", FakeHandle(), EngineClient("http://replica", http=http))
+
+
+def pool_of(*replicas: Replica) -> ReplicaPool:
+    pool = ReplicaPool("ep")
+    for replica in replicas:
+        pool.add(replica)
+    return pool
+
+
+async def leased(pool: ReplicaPool, replica: Replica) -> Lease:
+    """A lease on ``replica`` (as if the pool had picked it)."""
+    lease = pool.lease()
+    lease._take(replica)
+    return lease
 
 
 def answer(_: httpx.Request) -> httpx.Response:
@@ -63,14 +85,17 @@ def answer(_: httpx.Request) -> httpx.Response:
 def test_a_replica_refusing_connections_is_retried_on_another() -> None:
     calls: list[str] = []
     dead, good = dead_replica(), mock_replica(answer, calls)
-    runtime = Runtime("ep", replicas=[dead, good])
+    pool = pool_of(dead, good)
     supervisor = FakeSupervisor()
 
     async def go() -> None:
-        response, used = await _send(supervisor, runtime, dead, "/v1/completions", {"model": "m"})  # type: ignore[arg-type]
-        assert used is good and response.status_code == 200
-        assert (dead.in_flight, good.in_flight) == (0, 1)  # the caller lowers it when the answer is read
+        lease = await leased(pool, dead)
+        response = await _send(supervisor, lease, "/v1/completions", {"model": "m"})  # type: ignore[arg-type]
+        assert lease.replica is good and response.status_code == 200
+        assert (dead.in_flight, good.in_flight) == (0, 1)  # the lease holds it until the answer is read
         await response.aclose()
+        lease.release()
+        assert good.in_flight == 0
 
     asyncio.run(go())
     assert calls == ["/v1/completions"] and supervisor.wakes == 1
@@ -78,10 +103,14 @@ def test_a_replica_refusing_connections_is_retried_on_another() -> None:
 
 def test_no_other_live_replica_is_503_with_retry_after() -> None:
     dead, other = dead_replica(), dead_replica()
-    other.process.up = False  # type: ignore[attr-defined]
-    runtime = Runtime("ep", replicas=[dead, other])
+    other.handle.up = False  # type: ignore[attr-defined]
+    pool = pool_of(dead, other)
+
+    async def go() -> None:
+        await _send(FakeSupervisor(), await leased(pool, dead), "/v1/completions", {})  # type: ignore[arg-type]
+
     with pytest.raises(ApiError) as raised:
-        asyncio.run(_send(FakeSupervisor(), runtime, dead, "/v1/completions", {}))  # type: ignore[arg-type]
+        asyncio.run(go())
     error = raised.value
     assert error.status_code == 503 and error.retry_after and error.code == "engine_unavailable"
     assert error.kind == "service_unavailable" and dead.in_flight == 0
@@ -89,11 +118,15 @@ def test_no_other_live_replica_is_503_with_retry_after() -> None:
 
 def test_only_one_retry() -> None:
     first, second, third = dead_replica(), dead_replica(), dead_replica()
-    runtime = Runtime("ep", replicas=[first, second, third])
+    pool = pool_of(first, second, third)
+
+    async def go() -> None:
+        await _send(FakeSupervisor(), await leased(pool, first), "/v1/completions", {})  # type: ignore[arg-type]
+
     with pytest.raises(ApiError) as raised:
-        asyncio.run(_send(FakeSupervisor(), runtime, first, "/v1/completions", {}))  # type: ignore[arg-type]
+        asyncio.run(go())
     assert raised.value.status_code == 503 and "retry failed too" in raised.value.message
-    assert [r.in_flight for r in runtime.replicas] == [0, 0, 0]
+    assert [r.in_flight for r in pool.replicas] in ([0, 1, 0], [0, 0, 1])  # the lease still holds the last one
 
 
 def test_a_read_timeout_is_not_retried() -> None:
@@ -104,9 +137,13 @@ def test_a_read_timeout_is_not_retried() -> None:
         raise httpx.ReadTimeout("timed out", request=request)
 
     busy, other = mock_replica(slow, calls), mock_replica(answer, calls)
-    runtime = Runtime("ep", replicas=[busy, other])
+    pool = pool_of(busy, other)
+
+    async def go() -> None:
+        await _send(FakeSupervisor(), await leased(pool, busy), "/v1/completions", {})  # type: ignore[arg-type]
+
     with pytest.raises(ApiError) as raised:
-        asyncio.run(_send(FakeSupervisor(), runtime, busy, "/v1/completions", {}))  # type: ignore[arg-type]
+        asyncio.run(go())
     assert raised.value.status_code == 503 and calls == ["/v1/completions"]
 
 
@@ -128,8 +165,9 @@ def relayed(chunks: list[bytes], *, cut: bool) -> tuple[list[str], Replica]:
     replica = mock_replica(stream, [])
 
     async def go() -> bytes:
-        response, used = await _send(FakeSupervisor(), None, replica, "/v1/completions", {})  # type: ignore[arg-type]
-        return b"".join([part async for part in _relay(response, used, "asked")])
+        lease = await leased(pool_of(replica), replica)
+        response = await _send(FakeSupervisor(), lease, "/v1/completions", {})  # type: ignore[arg-type]
+        return b"".join([part async for part in _relay(response, lease, "asked")])
 
     body = asyncio.run(go()).decode()
     # SSE: events are separated by a blank line; an event's data is its data: lines joined by "\n"

@@ -70,7 +70,7 @@ def test_gateway_traffic_is_counted_by_endpoint_adapter_and_outcome(
     assert all(len(labels.get("route", "")) < 80 for labels, _ in samples["modelyard_http_requests_total"])
 
     # the engine counted what the gateway counted, under vLLM's names
-    replica = app.state.supervisor.runtimes[endpoint.id].replicas[0].client.base_url
+    replica = app.state.supervisor.pools[endpoint.id].replicas[0].url
     engine = parse(httpx.get(replica + "/metrics", timeout=30).text)
     assert value(engine, "vllm:generation_tokens_total") == sum(
         value(samples, "modelyard_gateway_completion_tokens_total", **key, model=m) for m in ("pirate", endpoint.name))

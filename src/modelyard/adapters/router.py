@@ -30,7 +30,7 @@ def _routing_changed(request: Request) -> Iterator[None]:
     yield
     supervisor = getattr(request.app.state, "supervisor", None)
     if supervisor is not None:
-        supervisor.wake()
+        supervisor.changed()
 
 
 RoutingChange = Annotated[None, Depends(_routing_changed, scope="function")]

@@ -493,8 +493,8 @@ async def endpoints_page(request: Request, ws: str) -> Response:
     supervisor = getattr(request.app.state, "supervisor", None)
 
     async def details(ep: dict[str, Any]) -> None:
-        runtime = supervisor.runtimes.get(ep["id"]) if supervisor is not None else None
-        ep["_in_flight"] = getattr(runtime, "in_flight", 0) if runtime else 0
+        pool = supervisor.pools.get(ep["id"]) if supervisor is not None else None
+        ep["_in_flight"] = pool.stats()["in_flight"] if pool else 0
         attached, candidates = await asyncio.gather(
             api.get(f"/v1/endpoints/{_q(ep['id'])}/adapters", headers=_ws_headers(ws)),
             api.get(f"/apis/models/v2/workspaces/{_q(ws)}/adapters",

@@ -130,8 +130,49 @@ class Endpoint(Base):
     engine: Mapped[str] = mapped_column(String(16), nullable=False)
     visibility: Mapped[str] = mapped_column(String(16), nullable=False)
     type: Mapped[str] = mapped_column(String(16), nullable=False)
-    # pids of the engine processes last started for it, so a restarted server can stop orphans
+    # pids of the engine processes last started for it (before replicas were rows; no longer written)
     processes: Mapped[list[int] | None] = mapped_column(JsonType)
+    created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+    placement: Mapped[str | None] = mapped_column(String(16))  # local | ray; None: the server's default
+    urls: Mapped[list[str] | None] = mapped_column(JsonType)  # engine "remote": the servers to use
+    resources: Mapped[dict[str, float] | None] = mapped_column(JsonType)  # what a replica needs from a node
+
+
+class EndpointLease(Base):
+    """Which server process owns an endpoint's replicas now: the one whose lease has not expired.
+    ``epoch`` grows with every change of owner; ``last_request_at`` is written by the other processes
+    whose gateways served it, so the owner's ``inactive_timeout`` sees their traffic too."""
+
+    __tablename__ = "endpoint_leases"
+
+    endpoint_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("endpoints.id", ondelete="CASCADE"), primary_key=True
+    )
+    owner: Mapped[str] = mapped_column(String(128), nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+    epoch: Mapped[int] = mapped_column(Integer, nullable=False)
+    last_request_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class EndpointReplica(Base):
+    """One running replica, written by its owning process: every process's gateway routes to it by
+    ``url``, and a new owner adopts it from ``record`` (the backend's description) instead of starting
+    another. ``adapters`` maps each adapter loaded in it to the version loaded."""
+
+    __tablename__ = "endpoint_replicas"
+    __table_args__ = (Index("ix_endpoint_replicas_endpoint_id", "endpoint_id"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    endpoint_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("endpoints.id", ondelete="CASCADE"), nullable=False
+    )
+    serial: Mapped[int] = mapped_column(Integer, nullable=False)
+    backend: Mapped[str] = mapped_column(String(16), nullable=False)
+    url: Mapped[str] = mapped_column(String(255), nullable=False)
+    record: Mapped[dict[str, Any]] = mapped_column(JsonType, nullable=False)
+    owner: Mapped[str] = mapped_column(String(128), nullable=False)
+    adapters: Mapped[dict[str, str]] = mapped_column(JsonType, nullable=False)
     created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
     updated_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
 

@@ -42,7 +42,7 @@ async def create_endpoint(
     settings, supervisor = request.app.state.settings, request.app.state.supervisor
     await run_in_threadpool(service.check_engine, settings, body.engine)
     row = await in_db(request.app.state.db, lambda s: service.create(s, settings, workspace, body, access), write=True)
-    supervisor.wake()
+    supervisor.changed()
     return service.to_wire(row, supervisor)
 
 
@@ -67,7 +67,7 @@ async def update_endpoint(
     endpoint_id: str, body: UpdateEndpointRequest, request: Request, workspace: CallerWorkspace
 ) -> Endpoint:
     row = await in_db(request.app.state.db, lambda s: service.update(s, workspace, endpoint_id, body), write=True)
-    request.app.state.supervisor.wake()
+    request.app.state.supervisor.changed()
     return service.to_wire(row, request.app.state.supervisor)
 
 
@@ -76,6 +76,7 @@ async def delete_endpoint(endpoint_id: str, request: Request, workspace: CallerW
     """Delete the endpoint, detaching its adapters and stopping its replicas before answering."""
     await in_db(request.app.state.db, lambda s: service.delete(s, workspace, endpoint_id), write=True)
     await request.app.state.supervisor.forget(endpoint_id)
+    request.app.state.supervisor.changed()
     return Response(status_code=204)
 
 

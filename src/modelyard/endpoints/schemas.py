@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator, model_validator
 
 from modelyard.boundary import max_replicas_limit
+from modelyard.engine.backends import EngineName, Placement
 
 State = Literal["PENDING", "STARTING", "STARTED", "STOPPING", "STOPPED", "ERROR"]
 
@@ -50,11 +51,42 @@ class CreateEndpointRequest(BaseModel):
     enable_lora: bool = True
     max_loras: int = Field(default=4, ge=1, le=128, description="adapters resident in each replica at once")
     max_lora_rank: int = Field(default=16, ge=1, le=512)
-    engine: Literal["builtin", "vllm"] = "builtin"
+    engine: EngineName = Field(default="builtin", description="the engine a replica runs: one we start "
+                               "(`builtin`, `vllm`) or `remote`: servers someone else runs, listed in `urls`")
+    placement: Placement | None = Field(default=None, description="where engines we start run: `local` (this "
+                                        "machine) or `ray` (a Ray cluster's nodes); default: `ray` when the "
+                                        "server has MODELYARD_RAY_ADDRESS, else `local`")
+    urls: list[HttpUrl] | None = Field(default=None, min_length=1, max_length=64,
+                                       description="engine `remote`: the OpenAI/vLLM servers to route to (one "
+                                                   "replica each; they must allow runtime LoRA updating)")
+    resources: dict[str, float] | None = Field(default=None, description="placement `ray`: what each replica "
+                                               "needs from a node, e.g. {\"CPU\": 2}, {\"GPU\": 1} or a custom "
+                                               "resource")
     visibility: Literal["private", "public"] = "private"
     type: Literal["dedicated", "serverless"] = "dedicated"
 
     replicas_within_limit = field_validator("autoscaling")(_within_host_limit)
+
+    @field_validator("resources")
+    @classmethod
+    def _resources(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for name, amount in (value or {}).items():
+            if not name or len(name) > 64 or amount <= 0 or amount > 1_000_000:
+                raise ValueError("resources: each name must be 1-64 characters and each amount in (0, 1000000]")
+        return value
+
+    @model_validator(mode="after")
+    def _engine_fields(self) -> CreateEndpointRequest:
+        if self.engine == "remote":
+            if not self.urls:
+                raise ValueError("engine 'remote' needs `urls`: the servers to route to")
+            if self.placement is not None or self.resources:
+                raise ValueError("engine 'remote' runs on servers someone else places: no `placement` or `resources`")
+        elif self.urls:
+            raise ValueError(f"`urls` are for engine 'remote'; engine '{self.engine}' is started by Modelyard")
+        if self.resources and self.placement == "local":
+            raise ValueError("`resources` place replicas on a Ray cluster's nodes: use placement 'ray'")
+        return self
 
 
 class UpdateEndpointRequest(BaseModel):
@@ -84,7 +116,10 @@ class Endpoint(BaseModel):
     enable_lora: bool
     max_loras: int
     max_lora_rank: int
-    engine: Literal["builtin", "vllm"]
+    engine: EngineName
+    placement: Placement | None = None
+    urls: list[str] | None = None
+    resources: dict[str, float] | None = None
     visibility: Literal["private", "public"]
     error: str | None = None
     replicas: int = Field(description="engine replicas running and healthy now")

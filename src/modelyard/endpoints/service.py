@@ -41,10 +41,10 @@ from modelyard.endpoints.schemas import (
     HardwareSpecs,
     UpdateEndpointRequest,
 )
-from modelyard.endpoints.supervisor import AdapterWant, Replica, Supervisor, adapter_wants
+from modelyard.endpoints.supervisor import AdapterWant, Supervisor, adapter_wants
 from modelyard.engine.adapter_files import read_adapter_config
+from modelyard.engine.backends import ENGINES, REMOTE
 from modelyard.engine.client import AdapterError, EngineError
-from modelyard.engine.vllm import vllm_problem, vllm_python
 from modelyard.errors import ApiError
 from modelyard.filesets import store as fileset_store
 from modelyard.models import store as model_store
@@ -113,10 +113,10 @@ def hardware() -> HardwareList:
 
 
 def to_wire(row: tables.Endpoint, supervisor: Supervisor | None) -> Endpoint:
-    runtime = supervisor.runtimes.get(row.id) if supervisor else None
-    live = runtime.live if runtime else 0
-    degraded = bool(runtime and row.desired_state == "STARTED" and row.state in ("STARTED", "STARTING")
-                    and runtime.degraded)
+    pool = supervisor.pools.get(row.id) if supervisor else None
+    live = pool.live if pool else 0
+    degraded = bool(pool and row.desired_state == "STARTED" and row.state in ("STARTED", "STARTING")
+                    and pool.degraded)
     state = row.state
     if state == "STARTED" and degraded and live == 0:
         state = "STARTING"  # never STARTED with nothing to serve (the supervisor writes it soon too)
@@ -127,7 +127,7 @@ def to_wire(row: tables.Endpoint, supervisor: Supervisor | None) -> Endpoint:
         state=state, created_at=row.created_at.replace(tzinfo=UTC), inactive_timeout=row.inactive_timeout,
         enable_lora=row.enable_lora, max_loras=row.max_loras, max_lora_rank=row.max_lora_rank, engine=row.engine,
         visibility=row.visibility, error=row.error,
-        replicas=live, degraded=degraded,
+        replicas=live, degraded=degraded, placement=row.placement, urls=row.urls, resources=row.resources,
     )
 
 
@@ -140,16 +140,12 @@ def _owned(session: Session, workspace: str, endpoint_id: str) -> tables.Endpoin
 
 def check_engine(settings: Settings, engine: str) -> None:
     """Refuse an endpoint whose engine cannot run on this server, before anything is stored (it
-    would only fail its starts and end in ERROR). Runs a short subprocess: call it outside any
+    would only fail its starts and end in ERROR). May run a short subprocess: call it outside any
     database session."""
-    if engine != "vllm":
-        return
-    python = settings.vllm_python or vllm_python()
-    problem = vllm_problem(python)
+    kind = ENGINES.get(engine)
+    problem = kind.problem(settings) if kind is not None else None
     if problem:
-        raise ApiError(422, f"engine 'vllm' is not available on this server: {problem}. Build vLLM's "
-                            "environment with `make vllm-env`, or point MODELYARD_VLLM_PYTHON at an "
-                            "interpreter that has vLLM installed; or use engine 'builtin'.",
+        raise ApiError(422, f"engine '{engine}' is not available on this server: {problem}",
                        code="engine_unavailable")
 
 
@@ -163,13 +159,14 @@ def create(
     model = model_store.find(session, model_ws, model_name)
     if model is None or not access.can(model_ws):  # a workspace the caller cannot read hides its models
         raise ApiError(404, f"Model '{reference}' not found", code="model_not_found")
-    if not model.fileset:
-        raise ApiError(400, f"model '{reference}' has no fileset: an endpoint needs the checkpoint's files",
-                       code="model_without_files")
-    fileset = fileset_store.find(session, *model.fileset.split("/", 1))
-    if fileset is None or fileset_store.file(session, fileset.id, "config.json") is None:
-        raise ApiError(400, f"fileset '{model.fileset}' of model '{reference}' has no config.json",
-                       code="model_without_files")
+    if request.engine != REMOTE:  # remote servers hold their own copy of the base model
+        if not model.fileset:
+            raise ApiError(400, f"model '{reference}' has no fileset: an endpoint needs the checkpoint's files",
+                           code="model_without_files")
+        fileset = fileset_store.find(session, *model.fileset.split("/", 1))
+        if fileset is None or fileset_store.file(session, fileset.id, "config.json") is None:
+            raise ApiError(400, f"fileset '{model.fileset}' of model '{reference}' has no config.json",
+                           code="model_without_files")
     available = {h.id for h in hardware().data}
     if request.hardware not in available:
         raise ApiError(400, f"hardware '{request.hardware}' is not available here; choose one of "
@@ -184,6 +181,8 @@ def create(
         inactive_timeout=request.inactive_timeout or None, enable_lora=request.enable_lora,
         max_loras=request.max_loras, max_lora_rank=request.max_lora_rank, engine=request.engine,
         visibility=request.visibility, type=request.type, processes=[], created_at=now, updated_at=now,
+        placement=request.placement, urls=[str(u).rstrip("/") for u in request.urls] if request.urls else None,
+        resources=dict(request.resources) if request.resources else None,
     )
     return store.add(session, row)
 
@@ -266,7 +265,8 @@ def _check_attach(session: Session, workspace: str, endpoint_id: str, model_id: 
 
 
 async def attach(db: Database, supervisor: Supervisor, workspace: str, endpoint_id: str, model_id: str) -> str:
-    """Check every rule, copy and load the adapter into every running replica, then record the binding.
+    """Check every rule, copy and load the adapter into every live replica (whichever server process
+    owns the endpoint), then record the binding.
 
     A load that fails on any replica is undone on the others and nothing is recorded.
     """
@@ -274,44 +274,29 @@ async def attach(db: Database, supervisor: Supervisor, workspace: str, endpoint_
         endpoint, adapter = _check_attach(session, workspace, endpoint_id, model_id)
         return endpoint, adapter, adapter_wants(session, [adapter])[0]
 
+    def record(session: Session) -> None:
+        endpoint_now, adapter_now = _check_attach(session, workspace, endpoint_id, model_id)
+        if store.binding(session, adapter_now.id) is None:
+            session.add(tables.EndpointAdapter(
+                adapter_id=adapter_now.id, endpoint_id=endpoint_now.id, workspace=adapter_now.workspace,
+                adapter_name=adapter_now.name, created_at=utcnow(),
+            ))
+
     endpoint, adapter, want = await in_db(db, check)
-    runtime = supervisor.runtime(endpoint.id)
-    async with runtime.lock:
-        loaded_here = []
+    pool = supervisor.pool(endpoint.id)
+    async with pool.lock:
+        await supervisor.refresh(pool)
+        pool.max_lora_rank = endpoint.max_lora_rank
         try:
             path = await anyio.to_thread.run_sync(supervisor.local_copy, want)
             read_adapter_config(adapter.name, path, max_rank=endpoint.max_lora_rank)
-            for replica in list(runtime.replicas):
-                if adapter.name in replica.loaded:
-                    continue
-                await supervisor.load(replica, want, endpoint.max_lora_rank, endpoint.name)
-                loaded_here.append(replica)
+            await pool.attach(want, path, lambda: in_db(db, record, write=True))
         except (AdapterError, EngineError, FilesetMissing, OSError) as exc:
-            await _unload(supervisor, loaded_here, adapter.name, endpoint)
             reason = exc.message if isinstance(exc, EngineError) else str(exc)
             raise ApiError(400, f"adapter '{adapter.name}' could not be loaded: {reason}",
                            code="adapter_load_failed") from None
-
-        def record(session: Session) -> None:
-            endpoint_now, adapter_now = _check_attach(session, workspace, endpoint_id, model_id)
-            if store.binding(session, adapter_now.id) is None:
-                session.add(tables.EndpointAdapter(
-                    adapter_id=adapter_now.id, endpoint_id=endpoint_now.id, workspace=adapter_now.workspace,
-                    adapter_name=adapter_now.name, created_at=utcnow(),
-                ))
-
-        try:
-            await in_db(db, record, write=True)
-        except BaseException:
-            await _unload(supervisor, loaded_here, adapter.name, endpoint)
-            raise
-        supervisor.generation += 1
+    supervisor.changed()
     return f"{endpoint.name}:{adapter.name}"
-
-
-async def _unload(supervisor: Supervisor, replicas: list[Replica], name: str, endpoint: tables.Endpoint) -> None:
-    for replica in replicas:
-        await supervisor.unload(replica, name, endpoint.name, endpoint.workspace)
 
 
 async def detach(db: Database, supervisor: Supervisor, workspace: str, endpoint_id: str, model_id: str) -> AdapterRemoved:
@@ -324,11 +309,12 @@ async def detach(db: Database, supervisor: Supervisor, workspace: str, endpoint_
         return endpoint, adapter
 
     endpoint, adapter = await in_db(db, lambda s: _target(s, workspace, endpoint_id, model_id))
-    runtime = supervisor.runtime(endpoint.id)
-    async with runtime.lock:
+    pool = supervisor.pool(endpoint.id)
+    async with pool.lock:
+        await supervisor.refresh(pool)
         await in_db(db, remove, write=True)
-        supervisor.generation += 1
-        await _unload(supervisor, list(runtime.replicas), adapter.name, endpoint)
+        supervisor.changed()
+        await pool.detach(adapter.name)
     return AdapterRemoved(model_id=model_id)
 
 
@@ -378,8 +364,8 @@ def replica_logs(settings: Settings, supervisor: Supervisor, endpoint_id: str, *
             if match := _LOG_FILE.fullmatch(path.name):
                 files[int(match.group(1))] = path
     if replica is None:
-        runtime = supervisor.runtimes.get(endpoint_id)
-        live = [r.process.log_path.name for r in runtime.replicas if r.process.alive()] if runtime else []
+        pool = supervisor.pools.get(endpoint_id)
+        live = [Path(p).name for p in pool.stats()["logs"]] if pool else []
         running = [int(m.group(1)) for name in live if (m := _LOG_FILE.fullmatch(name))]
         running = [n for n in running if n in files]
         if running:

@@ -1,9 +1,10 @@
 """The OpenAI-compatible gateway: route each request by ``model`` to an endpoint replica and adapter.
 
 Served at ``/v1/...`` (caller's workspace from ``X-Modelyard-Workspace``) and under the reference's
-prefix ``/apis/inference-gateway/v2/workspaces/{ws}/openai/-/v1/...``. The request goes to the
-replica with the fewest requests in flight; server-sent events are passed on line by line as they
-arrive (never buffered), with ``model`` rewritten to what the client asked for.
+prefix ``/apis/inference-gateway/v2/workspaces/{ws}/openai/-/v1/...``. The request takes a lease
+on a replica from the endpoint's pool (where its adapter lives, unless that one is much busier);
+server-sent events are passed on line by line as they arrive (never buffered), with ``model``
+rewritten to what the client asked for.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from fastapi.responses import StreamingResponse
 
 from modelyard.auth.deps import CallerWorkspace
 from modelyard.db.session import in_db
-from modelyard.endpoints.supervisor import Replica, Runtime, Supervisor
+from modelyard.endpoints.pool import Lease, NoReplica, Replica
+from modelyard.endpoints.supervisor import Supervisor
 from modelyard.errors import ApiError
 from modelyard.gateway import cache as caches
 from modelyard.gateway import virtual
@@ -121,31 +123,38 @@ async def proxy(request: Request, workspace: str, path: str, body: dict[str, Any
 
 async def _forward(request: Request, supervisor: Supervisor, target: Target, path: str, body: dict[str, Any],
                    requested: str, call: GatewayCall) -> Response:
-    runtime = supervisor.runtimes.get(target.endpoint_id)
-    replica = runtime.pick() if runtime is not None else None
-    if replica is None and target.state == "STARTED" and target.scales_to_zero:
-        runtime = supervisor.runtime(target.endpoint_id)
-        replica = await _wait_for_replica(supervisor, runtime)
-    if target.state != "STARTED" or replica is None:
+    if target.state != "STARTED":
         raise _not_serving(target)
-    if runtime is not None:
-        runtime.last_request = time.monotonic()  # for inactive_timeout
-    if runtime is not None and runtime.in_flight + 1 > supervisor.settings.replica_target_in_flight * len(runtime.replicas):
-        supervisor.wake()  # time to scale out
-    if target.prompt is not None:  # the registry model's system prompt and inference parameters
-        body = apply_prompt(body, target.prompt)
-    sent = {**body, "model": target.engine_model}
-    client_usage = True
-    if body.get("stream") is True and path in _USAGE_IN_STREAM:  # count a stream's tokens too
-        options = body.get("stream_options")
-        client_usage = isinstance(options, dict) and options.get("include_usage") is True
-        if not client_usage:
-            sent["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
-    headers = {"X-Request-ID": request.state.request_id} if "request_id" in request.scope.get("state", {}) else None
-    upstream, replica = await _send(supervisor, runtime, replica, path, sent, headers)
-    call.replica = replica.client.base_url
-    is_stream = upstream.headers.get("content-type", "").startswith("text/event-stream")
-    if not is_stream:
+    pool = supervisor.pool(target.endpoint_id)
+    adapter = target.engine_model if target.engine_model != target.endpoint_name else None
+    wait = supervisor.settings.engine_start_timeout if target.scales_to_zero else 0.0
+    lease = pool.lease(adapter, wait=wait)
+    try:
+        await lease.__aenter__()
+    except NoReplica:
+        raise _not_serving(target) from None
+    try:
+        if pool.in_flight > supervisor.settings.replica_target_in_flight * max(len(pool.replicas), 1):
+            supervisor.wake()  # time to scale out
+        if target.prompt is not None:  # the registry model's system prompt and inference parameters
+            body = apply_prompt(body, target.prompt)
+        sent = {**body, "model": target.engine_model}
+        client_usage = True
+        if body.get("stream") is True and path in _USAGE_IN_STREAM:  # count a stream's tokens too
+            options = body.get("stream_options")
+            client_usage = isinstance(options, dict) and options.get("include_usage") is True
+            if not client_usage:
+                sent["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+        headers = {"X-Request-ID": request.state.request_id} if "request_id" in request.scope.get("state", {}) else None
+        upstream = await _send(supervisor, lease, path, sent, headers)
+        assert lease.replica is not None
+        call.replica = lease.replica.url
+        is_stream = upstream.headers.get("content-type", "").startswith("text/event-stream")
+        if is_stream:
+            lease.keep()  # released by the relay when the stream ends
+            return StreamingResponse(_relay(upstream, lease, requested, call, client_usage),
+                                     status_code=upstream.status_code,
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         try:
             content = await upstream.aread()
         except httpx.HTTPError as exc:
@@ -154,26 +163,24 @@ async def _forward(request: Request, supervisor: Supervisor, target: Target, pat
                            kind="service_unavailable", retry_after=RETRY_AFTER_S) from None
         finally:
             await upstream.aclose()
-            replica.in_flight -= 1
-        if upstream.status_code == 200:
-            try:
-                payload = orjson.loads(content)
-                payload["model"] = requested
-            except (ValueError, TypeError):
-                pass
-            else:
-                call.tokens(payload.get("usage"))
-                call.finish(200)
-                return Response(orjson.dumps(payload), media_type="application/json")
-        call.finish(upstream.status_code)
-        if upstream.status_code >= 400:
-            return Response(_openai_error(content, upstream.status_code), status_code=upstream.status_code,
-                            media_type="application/json")
-        return Response(content, status_code=upstream.status_code,
-                        media_type=upstream.headers.get("content-type", "application/json"))
-    return StreamingResponse(_relay(upstream, replica, requested, call, client_usage),
-                             status_code=upstream.status_code,
-                             media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    finally:
+        await lease.__aexit__(None, None, None)
+    if upstream.status_code == 200:
+        try:
+            payload = orjson.loads(content)
+            payload["model"] = requested
+        except (ValueError, TypeError):
+            pass
+        else:
+            call.tokens(payload.get("usage"))
+            call.finish(200)
+            return Response(orjson.dumps(payload), media_type="application/json")
+    call.finish(upstream.status_code)
+    if upstream.status_code >= 400:
+        return Response(_openai_error(content, upstream.status_code), status_code=upstream.status_code,
+                        media_type="application/json")
+    return Response(content, status_code=upstream.status_code,
+                    media_type=upstream.headers.get("content-type", "application/json"))
 
 
 def _retryable(exc: httpx.HTTPError) -> bool:
@@ -191,30 +198,27 @@ async def _open(replica: Replica, path: str, body: dict[str, Any],
     return await http.send(built, stream=True)
 
 
-async def _send(supervisor: Supervisor, runtime: Runtime | None, replica: Replica, path: str,
-                body: dict[str, Any], headers: dict[str, str] | None = None) -> tuple[httpx.Response, Replica]:
-    """Send to ``replica``; if it dies before answering anything (connection refused or reset before
-    the response started), send once more to another live replica of the endpoint. The replica that
-    answers has the request counted in its ``in_flight`` (the caller lowers it when done)."""
-    tried: list[Replica] = []
+async def _send(supervisor: Supervisor, lease: Lease, path: str, body: dict[str, Any],
+                headers: dict[str, str] | None = None) -> httpx.Response:
+    """Send to the leased replica; if it dies before answering anything (connection refused or reset
+    before the response started), switch the lease to another live replica of the endpoint and send
+    once more."""
     while True:
-        replica.in_flight += 1
+        replica = lease.replica
+        assert replica is not None
         try:
-            return await _open(replica, path, body, headers), replica
+            return await _open(replica, path, body, headers)
         except httpx.HTTPError as exc:
-            replica.in_flight -= 1
             supervisor.wake()  # the replica may have died; let the supervisor look
-            tried.append(replica)
-            log.warning("replica did not answer", extra={"url": replica.client.base_url, "error": repr(exc),
-                                                         "retry": _retryable(exc) and len(tried) == 1})
-            others = [r for r in runtime.replicas if r not in tried and r.process.alive()] if runtime else []
-            if not _retryable(exc) or len(tried) > 1 or not others:
-                reason = ("no other replica is live to retry on" if _retryable(exc) and len(tried) == 1
-                          else "the retry failed too" if len(tried) > 1 else "it stopped answering")
-                raise ApiError(503, f"engine replica at {replica.client.base_url} is unreachable ({exc!r}); "
+            first = not lease.tried
+            log.warning("replica did not answer", extra={"url": replica.url, "error": repr(exc),
+                                                         "retry": _retryable(exc) and first})
+            if not _retryable(exc) or not first or lease.switch() is None:
+                reason = ("no other replica is live to retry on" if _retryable(exc) and first
+                          else "the retry failed too" if not first else "it stopped answering")
+                raise ApiError(503, f"engine replica at {replica.url} is unreachable ({exc!r}); "
                                     f"{reason}; retry shortly", code="engine_unavailable",
                                kind="service_unavailable", retry_after=RETRY_AFTER_S) from None
-            replica = min(others, key=lambda r: r.in_flight)
 
 
 def _not_serving(target: Target) -> ApiError:
@@ -258,23 +262,7 @@ def _openai_error(content: bytes, status: int) -> bytes:
     }}).encode()
 
 
-async def _wait_for_replica(supervisor: Supervisor, runtime: Runtime) -> Replica | None:
-    """Hold a request for an endpoint scaled to zero while the supervisor starts a replica."""
-    runtime.waiting += 1
-    supervisor.wake()
-    deadline = time.monotonic() + supervisor.settings.engine_start_timeout
-    try:
-        while time.monotonic() < deadline:
-            replica = runtime.pick()
-            if replica is not None:
-                return replica
-            await asyncio.sleep(0.1)
-        return None
-    finally:
-        runtime.waiting -= 1
-
-
-async def _relay(upstream: httpx.Response, replica: Replica, model: str, call: GatewayCall | None = None,
+async def _relay(upstream: httpx.Response, lease: Lease, model: str, call: GatewayCall | None = None,
                  client_usage: bool = True) -> AsyncIterator[bytes]:
     """Pass the engine's events on; if the engine goes away mid-stream (or the stream ends without
     ``[DONE]``), end with an error event in OpenAI's shape and ``[DONE]`` so the client knows the answer
@@ -314,7 +302,7 @@ async def _relay(upstream: httpx.Response, replica: Replica, model: str, call: G
             outcome = None
     finally:
         await upstream.aclose()
-        replica.in_flight -= 1
+        lease.release()
         if call is not None:
             call.finish(upstream.status_code, outcome)
     if problem is not None:

@@ -50,6 +50,11 @@ class ReplicaSpec:
     start_timeout: float = 300.0
     env: dict[str, str] = field(default_factory=dict)
     """Extra environment for the engine process."""
+    orphan_timeout: float | None = None
+    """Seconds a built-in engine keeps serving without its owner's health checks before it stops itself
+    (a replica nobody adopted); None: never."""
+    owner: str = ""
+    """The server process that owns the replica (sent on its health checks)."""
 
 
 class ReplicaHandle(abc.ABC):

@@ -28,7 +28,8 @@ class EngineKind:
 
 def _builtin(spec: ReplicaSpec, host: str, port: int, settings: Settings) -> tuple[list[str], dict[str, str]]:
     argv = builtin_command(spec.model_path or "", served_name=spec.served_name, host=host, port=port,
-                           max_loras=spec.max_loras, max_lora_rank=spec.max_lora_rank)
+                           max_loras=spec.max_loras, max_lora_rank=spec.max_lora_rank,
+                           orphan_timeout=spec.orphan_timeout)
     return argv, {**os.environ, "PYTHONUNBUFFERED": "1", **spec.env}
 
 

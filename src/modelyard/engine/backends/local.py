@@ -52,6 +52,7 @@ class LocalHandle(ReplicaHandle):
         self._started = _start_time(self._pid) if self._pid else None
         self.log_path = log_path or (process.log_path if process is not None else None)
         self.node = os.uname().nodename
+        self.owner = ""
 
     @property
     def pid(self) -> int | None:
@@ -62,6 +63,17 @@ class LocalHandle(ReplicaHandle):
             return self.process.alive()
         # adopted: not our child, so poll() is not available; the pid must still be the same process
         return self._pid is not None and _start_time(self._pid) == self._started and self._started is not None
+
+    async def check(self) -> bool:
+        """Poll the process and ping its ``/health`` as its owner (a built-in engine started with an
+        orphan timeout counts these pings; a slow answer is not a death)."""
+        if self.alive() and self.owner:
+            try:
+                async with httpx.AsyncClient(timeout=2.0) as http:
+                    await http.get(self.url + "/health", headers={"X-Modelyard-Owner": self.owner})
+            except httpx.HTTPError:
+                pass
+        return self.alive()
 
     async def stop(self) -> None:
         if self.process is not None:
@@ -105,6 +117,7 @@ class LocalBackend(Backend):
         process = EngineProcess(argv=argv, url=f"http://127.0.0.1:{port}", log_path=log_path, env=env)
         process.start()  # a fork and exec (milliseconds), on the loop: no cancellation can lose the child
         handle = LocalHandle(process, process.url)
+        handle.owner = spec.owner
         try:
             await anyio.to_thread.run_sync(process.wait_healthy, spec.start_timeout)
         except asyncio.CancelledError:
@@ -125,6 +138,7 @@ class LocalBackend(Backend):
             return None
         log = record.get("log")
         handle = LocalHandle(None, url, pid=pid, log_path=Path(log) if log else None)
+        handle.owner = spec.owner
         try:
             async with httpx.AsyncClient(timeout=5.0) as http:
                 ok = (await http.get(url + "/health")).status_code == 200
