@@ -64,6 +64,11 @@ class Settings(BaseSettings):
     """How long a server process owns an endpoint without renewing its lease (renewed every third of it);
     a process that stops renewing loses its endpoints to the others, which adopt their replicas."""
 
+    routing: Literal["adapter_affinity", "least_loaded"] = "adapter_affinity"
+    """How the gateway picks a replica: ``adapter_affinity`` sends each adapter to the replica it hashes
+    to (the same one in every server process) unless that one is busier than the least loaded by
+    ``replica_target_in_flight`` requests; ``least_loaded`` always takes the least loaded."""
+
     remote_health_interval: float = 5.0
     """Seconds between health checks of ``remote`` engines' URLs."""
 

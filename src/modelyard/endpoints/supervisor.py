@@ -264,6 +264,7 @@ class Supervisor:
         if pool is None:
             pool = self.pools[endpoint_id] = ReplicaPool(endpoint_id, metrics=self.metrics, wake=self.wake,
                                                          spill=max(self.settings.replica_target_in_flight, 1))
+            pool.affinity = self.settings.routing == "adapter_affinity"
         return pool
 
     def _restart(self, endpoint_id: str) -> _Restarts:
