@@ -158,8 +158,9 @@ class _FollowedHandle(ReplicaHandle):
 
     backend = "followed"
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, served_name: str | None = None) -> None:
         self.url = url
+        self.served_name = served_name
 
     def alive(self) -> bool:
         return True
@@ -483,7 +484,9 @@ class Supervisor:
     async def _follow(self, pool: ReplicaPool, view: EndpointView) -> None:
         pool.workspace, pool.name, pool.max_lora_rank = view.workspace, view.name, view.max_lora_rank
         before = [(r.id, r.url) for r in pool.replicas]
-        await pool.follow([(r.id, r.url, r.serial, r.adapters) for r in view.replicas], _FollowedHandle)
+        served = {r.url: r.record.get("served_name") for r in view.replicas}
+        await pool.follow([(r.id, r.url, r.serial, r.adapters) for r in view.replicas],
+                          lambda url: _FollowedHandle(url, served.get(url)))
         if [(r.id, r.url) for r in pool.replicas] != before:
             self.generation += 1
 

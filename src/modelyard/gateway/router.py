@@ -146,7 +146,7 @@ async def _forward(request: Request, supervisor: Supervisor, target: Target, pat
             if not client_usage:
                 sent["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
         headers = {"X-Request-ID": request.state.request_id} if "request_id" in request.scope.get("state", {}) else None
-        upstream = await _send(supervisor, lease, path, sent, headers)
+        upstream = await _send(supervisor, lease, path, sent, headers, base_model=adapter is None)
         assert lease.replica is not None
         call.replica = lease.replica.url
         is_stream = upstream.headers.get("content-type", "").startswith("text/event-stream")
@@ -199,15 +199,16 @@ async def _open(replica: Replica, path: str, body: dict[str, Any],
 
 
 async def _send(supervisor: Supervisor, lease: Lease, path: str, body: dict[str, Any],
-                headers: dict[str, str] | None = None) -> httpx.Response:
+                headers: dict[str, str] | None = None, *, base_model: bool = False) -> httpx.Response:
     """Send to the leased replica; if it dies before answering anything (connection refused or reset
     before the response started), switch the lease to another live replica of the endpoint and send
-    once more."""
+    once more. A request for the base model goes out under the name that replica serves it by."""
     while True:
         replica = lease.replica
         assert replica is not None
+        served = replica.handle.served_name if base_model else None
         try:
-            return await _open(replica, path, body, headers)
+            return await _open(replica, path, {**body, "model": served} if served else body, headers)
         except httpx.HTTPError as exc:
             supervisor.wake()  # the replica may have died; let the supervisor look
             first = not lease.tried

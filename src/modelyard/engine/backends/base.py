@@ -66,6 +66,9 @@ class ReplicaHandle(abc.ABC):
     log_path: Path | None = None
     node: str | None = None
     """Where it runs, for people: a host, a Ray node id."""
+    served_name: str | None = None
+    """The name the engine serves the base model under, when it is not the endpoint's name (a remote
+    server named its model itself); requests for the base model are sent with it."""
 
     @abc.abstractmethod
     def alive(self) -> bool: ...

@@ -112,6 +112,7 @@ class RemoteHandle(ReplicaHandle):
         self.node = urlsplit(url).hostname
         self.models: list[str] = list(models or [])
         """What ``/v1/models`` listed when the server was first checked."""
+        self.served_name = self.models[0] if self.models else None  # the base model comes first
         self.problem: str | None = None
         self.checked_at: float | None = time.time()
         self._alive = True
@@ -136,7 +137,7 @@ class RemoteHandle(ReplicaHandle):
         self._stopped = True
 
     def record(self) -> dict[str, Any]:
-        return {"url": self.url}
+        return {"url": self.url, "served_name": self.served_name}
 
 
 class RemoteBackend(Backend):
