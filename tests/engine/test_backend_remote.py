@@ -62,7 +62,7 @@ def test_launch_check_record_and_stop_leaves_the_server_running(
         assert handle.backend == "remote" and handle.url == outside.url and handle.node == "127.0.0.1"
         assert handle.models == ["tiny"] and handle.pid is None
         assert handle.alive() and await handle.check() and handle.problem is None
-        assert handle.record() == {"url": outside.url}
+        assert handle.record() == {"url": outside.url, "served_name": "tiny"}
         await handle.stop()
         assert not handle.alive() and not await handle.check()
 
