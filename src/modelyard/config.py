@@ -61,16 +61,14 @@ class Settings(BaseSettings):
     """Ray namespace of the replicas' named actors (servers of one deployment must share it)."""
 
     lease_seconds: float = 10.0
-    """How long a server process owns an endpoint without renewing its lease (renewed every third of it);
-    a process that stops renewing loses its endpoints to the others, which adopt their replicas."""
+    """How long a server process owns an endpoint without renewing its lease (renewed on every supervisor
+    pass, so keep it several times ``supervisor_interval``); a process that stops renewing loses its
+    endpoints to the others, which adopt their replicas."""
 
     routing: Literal["adapter_affinity", "least_loaded"] = "adapter_affinity"
     """How the gateway picks a replica: ``adapter_affinity`` sends each adapter to the replica it hashes
     to (the same one in every server process) unless that one is busier than the least loaded by
     ``replica_target_in_flight`` requests; ``least_loaded`` always takes the least loaded."""
-
-    remote_health_interval: float = 5.0
-    """Seconds between health checks of ``remote`` engines' URLs."""
 
     max_file_size: int = 50 * 1024**3
     """Largest file one upload may store, in bytes (413 above it)."""

@@ -314,6 +314,8 @@ class Supervisor:
         owned = await anyio.to_thread.run_sync(self._claim, views, activity)
         for endpoint_id, at in activity.items():
             self._restart(endpoint_id).reported_request = at
+        if any(self.pools[endpoint_id].waiting for endpoint_id in activity):
+            self.changed()  # a request held for an endpoint scaled to zero: its owner should start a replica
         gained, lost = owned - self.owned, self.owned - owned
         if gained or lost:
             self.generation += 1
