@@ -8,6 +8,7 @@ the replica, and there is never more than one engine process.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from pathlib import Path
@@ -41,6 +42,17 @@ def test_three_processes_serve_as_one(tmp_path: Path, fixture_models: dict[str, 
               for s in cluster.servers}
         engines = str(tmp_path)  # every engine's checkpoint is cached under one of the servers' homes
 
+        most_engines = 0
+        sampling = threading.Event()
+
+        def count_engines() -> None:  # two processes must never both start a replica, even for a moment
+            nonlocal most_engines
+            while not sampling.is_set():
+                most_engines = max(most_engines, len(engine_pids(engines)))
+                time.sleep(0.05)
+
+        sampler = threading.Thread(target=count_engines, daemon=True)
+        sampler.start()
         endpoint = tg["A"].endpoints.create(model="default/tiny", hardware="cpu",
                                             autoscaling={"min_replicas": 1, "max_replicas": 1})
         wait_for(lambda: tg["A"].endpoints.retrieve(endpoint.id).state == "STARTED", 120, "STARTED")
@@ -130,5 +142,31 @@ def test_three_processes_serve_as_one(tmp_path: Path, fixture_models: dict[str, 
         assert "space" in engine_adapters(replica_url)
         assert ask(oa[survivor.name], "space")
         assert tg[survivor.name].endpoints.retrieve(endpoint.id).state == "STARTED"
-        tg[bystander.name].endpoints.delete(endpoint.id)
+
+        # kill -9 a process in the middle of an attach: the adapter ends attached and loaded, or not
+        # attached (it may stay loaded in the engine, where nothing routes to it)
+        tg[survivor.name].endpoints.adapters.remove(endpoint.id, model_id=f"{endpoint.name}:space")
+        attaching = threading.Thread(target=lambda: _attach_quietly(
+            tg[bystander.name], endpoint.id, f"{endpoint.name}:pirate"), daemon=True)
+        attaching.start()
+        time.sleep(0.05)
+        cluster.kill(bystander)
+        attaching.join(30)
+        attached = [a.adapter_name for a in tg[survivor.name].endpoints.adapters.list(endpoint.id).data]
+        if "pirate" in attached:
+            assert "pirate" in engine_adapters(replica_url) and ask(oa[survivor.name], "pirate")
+        else:
+            with pytest.raises(openai.NotFoundError):
+                ask(oa[survivor.name], "pirate")
+        sampling.set()
+        sampler.join(10)
+        assert most_engines == 1, f"{most_engines} engine processes at once"
+
+        tg[survivor.name].endpoints.delete(endpoint.id)
         wait_for(lambda: not engine_pids(engines), 30, "the engine stopped after the delete")
+
+
+def _attach_quietly(tg: Together, endpoint_id: str, model_id: str) -> None:
+    """Attach; the process answering it is killed mid-request, so any outcome is fine here."""
+    with contextlib.suppress(Exception):
+        tg.endpoints.adapters.add(endpoint_id, model_id=model_id)
