@@ -174,12 +174,14 @@ class ReplicaPool:
         return sum(r.in_flight for r in self.replicas)
 
     def stats(self) -> dict[str, Any]:
-        """What the endpoint runs now, as this process sees it (no I/O)."""
-        live = self.live
+        """What this process runs for the endpoint now (no I/O): ``replicas`` counts those it owns (so
+        the processes' metrics add up), ``followed`` those another process owns that it routes to."""
+        owned = self.owned
+        live = sum(1 for r in owned if r.alive())
         return {"endpoint_id": self.endpoint_id, "workspace": self.workspace, "endpoint": self.name,
                 "in_flight": self.in_flight, "queued": self.waiting,
-                "replicas": {"ready": live, "lost": self.lost + len(self.replicas) - live},
-                "owned": len(self.owned),
+                "replicas": {"ready": live, "lost": self.lost + len(owned) - live},
+                "followed": len(self.replicas) - len(owned),
                 "urls": [r.url for r in self.replicas if r.alive()],
                 "logs": [str(r.handle.log_path) for r in self.replicas if r.alive() and r.handle.log_path]}
 
