@@ -9,7 +9,7 @@ from together import Together
 
 from modelyard.client import Modelyard
 from modelyard.gateway.router import _openai_error
-from modelyard.gateway.sse import with_model as _rewrite
+from modelyard.gateway.sse import EventWatch
 from tests.endpoints.test_router import _stopped
 
 
@@ -55,11 +55,34 @@ def test_stopped_endpoint_says_how_to_start_it_and_no_retry_after(registry: tupl
 
 
 def test_sse_lines_get_the_requested_model_name() -> None:
+    watch = EventWatch("ep:pirate")
     chunk = {"id": "c1", "object": "chat.completion.chunk", "model": "pirate", "choices": []}
-    assert json.loads(_rewrite("data: " + json.dumps(chunk), "ep:pirate")[6:])["model"] == "ep:pirate"
-    assert _rewrite("data: [DONE]", "x") == "data: [DONE]"
-    assert _rewrite("", "x") == ""
-    assert _rewrite("data: {not json", "x") == "data: {not json"
+    assert json.loads(watch.line(b"data: " + json.dumps(chunk).encode() + b"\n")[6:])["model"] == "ep:pirate"
+    assert not watch.done
+    assert watch.line(b"data: [DONE]\n") == b"data: [DONE]\n" and watch.done
+    assert watch.line(b"\n") == b"\n"
+    assert watch.line(b"data: {not json\n") == b"data: {not json\n"
+
+
+def test_the_usage_chunk_is_counted_and_passed_on_only_when_asked() -> None:
+    class Call:
+        first = None
+        prompt_tokens = completion_tokens = 0
+
+        def tokens(self, usage: dict) -> None:
+            self.prompt_tokens, self.completion_tokens = usage["prompt_tokens"], usage["completion_tokens"]
+
+        def first_token(self) -> None:
+            self.first = 1
+
+    usage = b'data: {"model": "m", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}}\n'
+    token = b'data: {"model": "m", "choices": [{"delta": {"content": "hi"}}]}\n'
+    for asked in (True, False):
+        call = Call()
+        watch = EventWatch("asked", call, pass_usage=asked)  # type: ignore[arg-type]
+        assert watch.line(token) is not None and call.first == 1
+        assert (watch.line(usage) is not None) is asked
+        assert (call.prompt_tokens, call.completion_tokens) == (3, 2)
 
 
 def test_an_unknown_workspace_is_404_not_an_empty_list(registry: tuple[Modelyard, Together]) -> None:

@@ -32,7 +32,7 @@ from modelyard.gateway.prompt import apply as apply_prompt
 from modelyard.gateway.registry import call_registry
 from modelyard.gateway.registry import listed as registry_models
 from modelyard.gateway.resolver import Target, callable_models, not_found, resolve
-from modelyard.gateway.sse import with_model
+from modelyard.gateway.sse import EventWatch, error_event
 from modelyard.observability.metrics import GatewayCall
 
 log = logging.getLogger("modelyard.gateway")
@@ -265,38 +265,24 @@ def _openai_error(content: bytes, status: int) -> bytes:
 
 async def _relay(upstream: httpx.Response, lease: Lease, model: str, call: GatewayCall | None = None,
                  client_usage: bool = True) -> AsyncIterator[bytes]:
-    """Pass the engine's events on; if the engine goes away mid-stream (or the stream ends without
-    ``[DONE]``), end with an error event in OpenAI's shape and ``[DONE]`` so the client knows the answer
-    is incomplete (a bare cut looks like a short answer). The error event starts with a blank line: a
-    cut between an event's ``data:`` line and its blank line must not glue the error onto that event.
-
-    The usage chunk (asked of the engine for every stream, to count its tokens) is passed on only
-    when the client asked for it too (``stream_options.include_usage``)."""
-    done = False
+    """Pass the engine's events on (:class:`~modelyard.gateway.sse.EventWatch`'s rules); if the engine
+    goes away mid-stream (or the stream ends without ``[DONE]``), end with an error event in OpenAI's
+    shape and ``[DONE]`` so the client knows the answer is incomplete (a bare cut looks like a short
+    answer). The usage chunk (asked of the engine for every stream, to count its tokens) is passed on
+    only when the client asked for it too (``stream_options.include_usage``)."""
+    watch = EventWatch(model, call, pass_usage=client_usage)
     problem: str | None = None
     outcome = "cancelled"  # unless the loop ends: the client went away mid-stream
     try:
         async for line in upstream.aiter_lines():
-            if line.startswith("data: "):
-                if line == "data: [DONE]" or line.strip() == "data: [DONE]":
-                    done = True
-                elif call is None:
-                    pass
-                elif '"usage"' in line and ('"choices": []' in line or '"choices":[]' in line):
-                    try:
-                        call.tokens(json.loads(line[6:]).get("usage"))
-                    except (ValueError, AttributeError):
-                        pass
-                    if not client_usage:
-                        continue
-                elif call.first is None and '"role"' not in line:
-                    call.first_token()
-            yield (with_model(line, model) + "\n").encode()
-        if not done and upstream.status_code == 200:
+            passed = watch.line((line + "\n").encode())
+            if passed is not None:
+                yield passed
+        if not watch.done and upstream.status_code == 200:
             problem = "the engine replica ended the stream without [DONE]"
         outcome = "engine_error" if problem else None
     except httpx.HTTPError as exc:
-        if not done:
+        if not watch.done:
             problem = f"the engine replica stopped while streaming: {exc!r}"
             outcome = "engine_error"
         else:
@@ -307,8 +293,8 @@ async def _relay(upstream: httpx.Response, lease: Lease, model: str, call: Gatew
         if call is not None:
             call.finish(upstream.status_code, outcome)
     if problem is not None:
-        error = {"error": {"message": problem, "type": "engine_error", "param": None, "code": "engine_unavailable"}}
-        yield f"\ndata: {json.dumps(error)}\n\ndata: [DONE]\n\n".encode()
+        yield error_event({"error": {"message": problem, "type": "engine_error", "param": None,
+                                     "code": "engine_unavailable"}})
 
 
 async def _models(request: Request, workspace: str) -> dict[str, Any]:

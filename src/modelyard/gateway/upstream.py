@@ -35,7 +35,7 @@ from modelyard.errors import ApiError
 from modelyard.gateway import cache as caches
 from modelyard.gateway import pool
 from modelyard.gateway import prompt as prompts
-from modelyard.gateway.sse import with_model
+from modelyard.gateway.sse import EventWatch, error_event, with_model
 from modelyard.observability.metrics import GatewayCall
 from modelyard.providers import auth_header
 from modelyard.providers.service import ProviderKeyError, api_key
@@ -251,11 +251,11 @@ async def _relay(upstream: httpx.Response, route: UpstreamRoute, model: str | No
             async for chunk in upstream.aiter_raw():
                 yield chunk
             return
+        watch = EventWatch(model)
         async for line in upstream.aiter_lines():
-            yield (with_model(line, model) + "\n").encode()
+            yield watch.line((line + "\n").encode()) or b""
     except httpx.HTTPError as exc:
-        error = _unreachable(route, exc).body()
-        yield f"\ndata: {json.dumps(error)}\n\ndata: [DONE]\n\n".encode()
+        yield error_event(_unreachable(route, exc).body())
     finally:
         await upstream.aclose()
 
@@ -322,7 +322,7 @@ async def call(request: Request, route: UpstreamRoute, path: str, body: dict[str
         raise _unreachable(route, exc) from None
     upstream.release()
     if upstream.status == 200:
-        rewritten = pool.with_model(content, requested)
+        rewritten = with_model(content, requested)
         if rewritten is not None:
             if call is not None and b'"usage"' in content:
                 with contextlib.suppress(ValueError):
@@ -340,19 +340,16 @@ async def _relay_pooled(upstream: aiohttp.ClientResponse, route: UpstreamRoute, 
     """An upstream's event stream, line by line as it arrives, ``model`` rewritten; a cut ends with an
     error event and ``[DONE]``. The connection goes back to the pool only after a complete stream."""
     complete, outcome = False, "cancelled"
+    watch = EventWatch(model, call)
     try:
         async for line in upstream.content:
-            if call is not None:
-                if b'"usage"' in line and line.startswith(b"data: {"):
-                    with contextlib.suppress(ValueError, AttributeError):
-                        call.tokens(orjson.loads(line[6:]).get("usage"))
-                elif call.first is None and line.startswith(b"data: {") and b'"role"' not in line:
-                    call.first_token()
-            yield pool.sse_with_model(line, model)
+            passed = watch.line(line)
+            if passed is not None:
+                yield passed
         complete, outcome = True, None
     except pool.ERRORS + (ValueError,) as exc:
         outcome = "engine_error"
-        yield b"\ndata: " + orjson.dumps(_unreachable(route, exc).body()) + b"\n\ndata: [DONE]\n\n"
+        yield error_event(_unreachable(route, exc).body())
     finally:
         if complete:
             upstream.release()
