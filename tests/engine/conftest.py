@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from modelyard.engine.core import Engine, Generation, SamplingParams
 
@@ -37,3 +39,20 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
             return False
         time.sleep(0.01)
     return True
+
+
+@contextlib.contextmanager
+def ray_cluster(*nodes: dict[str, float]) -> Iterator[Any]:
+    """A Ray cluster on this machine (``ray.cluster_utils.Cluster``): a head with one CPU, plus one node
+    with one CPU per entry of ``nodes`` (its custom resources); every node is stopped afterwards."""
+    from ray.cluster_utils import Cluster
+
+    small = {"num_cpus": 1, "object_store_memory": 80 * 1024**2}
+    cluster = Cluster(initialize_head=True, head_node_args={**small, "include_dashboard": False})
+    try:
+        for resources in nodes:
+            cluster.add_node(**small, resources=resources)
+        cluster.wait_for_nodes()
+        yield cluster
+    finally:
+        cluster.shutdown()

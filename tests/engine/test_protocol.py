@@ -7,6 +7,7 @@ which builds vLLM's environment and sets ``MODELYARD_TEST_VLLM=1``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -80,7 +81,13 @@ def _through_backend(kind: str, base: str, logs: Path) -> Iterator[str]:
                                max_lora_rank=MAX_RANK)
         outside = EngineProcess(argv=argv, url=f"http://127.0.0.1:{port}", log_path=logs / "remote.log").start()
         url = outside.url
-    settings = Settings(home=logs / "home")
+    clusters = contextlib.ExitStack()  # a local Ray cluster for ``ray``, stopped with the replica
+    ray_address = None
+    if kind == "ray":
+        from tests.engine.conftest import ray_cluster
+
+        ray_address = clusters.enter_context(ray_cluster()).address
+    settings = Settings(home=logs / "home", ray_address=ray_address)
     backends = Backends(settings)
     spec = ReplicaSpec(endpoint_id="endpoint-protocol", served_name="tiny", engine="builtin", serial=1,
                        model_path=base, max_loras=2, max_lora_rank=MAX_RANK, log_path=logs / f"{kind}.log",
@@ -96,6 +103,7 @@ def _through_backend(kind: str, base: str, logs: Path) -> Iterator[str]:
     finally:
         if outside is not None:
             outside.stop()
+        clusters.close()
 
 
 def run(coro_fn: Any) -> Any:
