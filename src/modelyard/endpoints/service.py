@@ -48,6 +48,7 @@ from modelyard.engine.client import AdapterError, EngineError
 from modelyard.errors import ApiError
 from modelyard.filesets import store as fileset_store
 from modelyard.models import store as model_store
+from modelyard.providers import service as providers
 from modelyard.storage import FilesetMissing
 
 T = TypeVar("T")
@@ -184,7 +185,9 @@ def create(
         placement=request.placement, urls=[str(u).rstrip("/") for u in request.urls] if request.urls else None,
         resources=dict(request.resources) if request.resources else None,
     )
-    return store.add(session, row)
+    store.add(session, row)
+    providers.sync_endpoint(session, row)  # the provider of its base model and adapters
+    return row
 
 
 def list_(session: Session, workspace: str, *, mine: bool | None, type_: str | None) -> list[tables.Endpoint]:
@@ -213,11 +216,14 @@ def update(session: Session, workspace: str, endpoint_id: str, request: UpdateEn
             row.state, row.error = "PENDING", None
     row.updated_at = utcnow()
     session.flush()
+    providers.sync_endpoint(session, row)
     return row
 
 
 def delete(session: Session, workspace: str, endpoint_id: str) -> None:
-    store.delete(session, _owned(session, workspace, endpoint_id))
+    row = _owned(session, workspace, endpoint_id)
+    providers.drop_endpoint(session, row.id)
+    store.delete(session, row)
 
 
 def wire_list(rows: list[tables.Endpoint], supervisor: Supervisor) -> EndpointList:
@@ -281,6 +287,8 @@ async def attach(db: Database, supervisor: Supervisor, workspace: str, endpoint_
                 adapter_id=adapter_now.id, endpoint_id=endpoint_now.id, workspace=adapter_now.workspace,
                 adapter_name=adapter_now.name, created_at=utcnow(),
             ))
+            session.flush()
+            providers.sync_endpoint(session, endpoint_now)
 
     endpoint, adapter, want = await in_db(db, check)
     pool = supervisor.pool(endpoint.id)
@@ -306,6 +314,8 @@ async def detach(db: Database, supervisor: Supervisor, workspace: str, endpoint_
         if binding is None or binding.endpoint_id != endpoint.id:
             raise ApiError(409, NOT_BOUND, code="adapter_not_bound")
         session.delete(binding)
+        session.flush()
+        providers.sync_endpoint(session, endpoint)
         return endpoint, adapter
 
     endpoint, adapter = await in_db(db, lambda s: _target(s, workspace, endpoint_id, model_id))

@@ -9,6 +9,9 @@ back to when no endpoint or adapter of ours serves the ``model``: a registry mod
   ``/openai/-/v1/...``;
 * ``/provider/{name}/-/{path}``: straight to the provider's ``host_url``, body unchanged;
 * ``/provider/{name}/ready``: ``{ready, provider, host_url}``.
+
+A provider that stands for one of our endpoints (``host_url`` ``modelyard://endpoints/<id>``) is served
+by the endpoint's replicas: the same routing path as a request for the endpoint or its adapters.
 """
 
 from __future__ import annotations
@@ -37,6 +40,12 @@ async def call_registry(request: Request, workspace: str, path: str, body: dict[
     route = await upstream.lookup(request, workspace, model or requested)
     if route is None:
         raise upstream.not_found(model or requested)
+    if route.endpoint_id is not None:  # one of our endpoints is its provider: the endpoint path serves it
+        from modelyard.gateway import router as gateway
+
+        owner = route.workspaces[-1]  # the provider's workspace: the endpoint's
+        return await gateway.proxy(request, owner, path, {**body, "model": route.served_model},
+                                   answer_as=requested, prompt=route.prompt)
     state = request.app.state
     owner = route.workspaces[0] if route.workspaces else workspace
     call = GatewayCall(state.metrics, state.usage, owner, "", None, route.model_entity or model or requested,
@@ -94,6 +103,10 @@ async def provider_proxy(workspace: str, name: str, trailing_uri: str, request: 
     """The request goes to the provider's ``host_url`` + ``/{trailing_uri}`` as it came (method, query,
     body), with the provider's extra headers and key; the answer comes back as the provider sent it."""
     route = await _provider(request, workspace, name)
+    if route.endpoint_id is not None:
+        from modelyard.gateway import router as gateway
+
+        return await gateway.forward_to_endpoint(request, route.endpoint_id, "/" + trailing_uri.lstrip("/"))
     return await upstream.forward(request, route, "/" + trailing_uri.lstrip("/"))
 
 
@@ -107,4 +120,7 @@ for _method in _METHODS:  # one operation per method (distinct operation ids in 
 async def provider_ready(workspace: str, name: str, request: Request) -> dict[str, Any]:
     """Known to the gateway: ``{ready: true, provider, host_url}``; 404 otherwise. Nothing is sent to the provider."""
     route = await _provider(request, workspace, name, with_key=False)
+    if route.endpoint_id is not None:  # one of our endpoints: ready while a replica of it is live
+        pool = request.app.state.supervisor.pools.get(route.endpoint_id)
+        return {"ready": bool(pool and pool.live), "provider": f"{workspace}/{name}", "host_url": route.base_url}
     return {"ready": True, "provider": f"{workspace}/{name}", "host_url": route.base_url}

@@ -10,6 +10,7 @@ rewritten to what the client asked for.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -90,20 +91,30 @@ async def proxy_chat(request: Request, workspace: str, body: dict[str, Any]) -> 
     return await proxy(request, workspace, "/v1/chat/completions", body)
 
 
-async def proxy(request: Request, workspace: str, path: str, body: dict[str, Any]) -> Response:
+_KEEP: Any = object()
+
+
+async def proxy(request: Request, workspace: str, path: str, body: dict[str, Any], *,
+                answer_as: str | None = None, prompt: Any = _KEEP) -> Response:
     """Route ``body`` by its ``model`` to a replica's ``path``; the answer (JSON, an error in OpenAI's
-    shape, or an SSE stream relayed as it arrives) with ``model`` set to the name the client used."""
+    shape, or an SSE stream relayed as it arrives) with ``model`` set to the name the client used
+    (``answer_as`` when a registry model was asked for and one of our endpoints serves it, with that
+    model's ``prompt``)."""
     body = _checked(body)
     requested = model = body["model"]
     supervisor: Supervisor = request.app.state.supervisor
-    if (named := await virtual.lookup(request, workspace, requested)) is not None:
+    if answer_as is None and (named := await virtual.lookup(request, workspace, requested)) is not None:
         workspace, model = named.workspace, named.pick()  # a virtual model: one of its targets, by weight
     try:
         target = await _resolve(request, supervisor, workspace, model)
     except ApiError as exc:  # not one of our endpoints or adapters: what the registry describes, if anything
-        if exc.code != "model_not_found":
+        if exc.code != "model_not_found" or answer_as is not None:
             raise
         return await call_registry(request, workspace, path, body, model)
+    if answer_as is not None:
+        requested = answer_as
+        if prompt is not _KEEP:
+            target = dataclasses.replace(target, prompt=prompt)
     state = request.app.state
     call = GatewayCall(state.metrics, state.usage, target.workspace, target.endpoint_name, target.endpoint_id,
                        target.engine_model, caller=workspace)
@@ -181,6 +192,46 @@ async def _forward(request: Request, supervisor: Supervisor, target: Target, pat
                         media_type="application/json")
     return Response(content, status_code=upstream.status_code,
                     media_type=upstream.headers.get("content-type", "application/json"))
+
+
+async def forward_to_endpoint(request: Request, endpoint_id: str, path: str) -> Response:
+    """The request as it came (method, query, body) to one live replica of the endpoint, and the
+    engine's answer as it comes (the ``/provider/{name}/-/...`` route for a provider that stands for
+    one of our endpoints)."""
+    supervisor: Supervisor = request.app.state.supervisor
+    lease = supervisor.pool(endpoint_id).lease()
+    try:
+        await lease.__aenter__()
+    except NoReplica:
+        raise ApiError(503, f"endpoint {endpoint_id} has no live replica now; retry shortly",
+                       code="endpoint_not_ready", kind="service_unavailable", retry_after=RETRY_AFTER_S) from None
+    try:
+        assert lease.replica is not None
+        http = lease.replica.client.http
+        url = lease.replica.url + path + (f"?{request.url.query}" if request.url.query else "")
+        headers = {k: v for k, v in request.headers.items() if k.lower() in ("content-type", "accept")}
+        built = http.build_request(request.method, url, content=await request.body(), headers=headers)
+        try:
+            upstream = await http.send(built, stream=True)
+        except httpx.HTTPError as exc:
+            supervisor.wake()
+            raise ApiError(503, f"engine replica at {lease.replica.url} is unreachable ({exc!r}); retry shortly",
+                           code="engine_unavailable", kind="service_unavailable",
+                           retry_after=RETRY_AFTER_S) from None
+    except BaseException:
+        lease.release()
+        raise
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in upstream.aiter_raw():
+                yield chunk
+        finally:
+            await upstream.aclose()
+            lease.release()
+
+    return StreamingResponse(body(), status_code=upstream.status_code,
+                             media_type=upstream.headers.get("content-type", "application/json"))
 
 
 def _retryable(exc: httpx.HTTPError) -> bool:

@@ -38,7 +38,7 @@ from modelyard.gateway import prompt as prompts
 from modelyard.gateway.sse import EventWatch, error_event, with_model
 from modelyard.observability.metrics import GatewayCall
 from modelyard.providers import auth_header
-from modelyard.providers.service import ProviderKeyError, api_key
+from modelyard.providers.service import ProviderKeyError, api_key, endpoint_of
 from modelyard.secrets.service import api_key_of
 
 log = logging.getLogger("modelyard.gateway")
@@ -65,6 +65,8 @@ class UpstreamRoute:
     prompt: dict[str, Any] | None = None
     model_entity: str | None = None
     """``ws/name`` of the registry model (None for a provider called directly)."""
+    endpoint_id: str | None = None
+    """Set when the provider is one of our endpoints: the gateway routes through its replicas."""
 
     def headers(self, client_headers: Any = None) -> dict[str, str]:
         """Default extras (a client header of the same name wins), then required extras, then the key."""
@@ -100,6 +102,10 @@ def not_found(model: str) -> ApiError:
 
 def _provider_route(session: Session, keyring: Keyring, row: tables.ModelProvider, served: str,
                     extra: Iterable[str] = (), **kw: Any) -> UpstreamRoute:
+    if (endpoint_id := endpoint_of(row)) is not None:  # ours: no key, no extras; its replicas serve it
+        return UpstreamRoute(label=f"provider '{row.workspace}/{row.name}'", base_url=row.host_url,
+                             served_model=served, workspaces=tuple(dict.fromkeys((*extra, row.workspace))),
+                             endpoint_id=endpoint_id, **kw)
     try:
         key = api_key(session, keyring, row)
     except ProviderKeyError as exc:
@@ -121,7 +127,7 @@ def provider_route(session: Session, keyring: Keyring, workspace: str, name: str
         return None
     if not with_key:
         return UpstreamRoute(label=f"provider '{workspace}/{name}'", base_url=row.host_url, served_model="",
-                             workspaces=(workspace,))
+                             workspaces=(workspace,), endpoint_id=endpoint_of(row))
     return _provider_route(session, keyring, row, "")
 
 
@@ -191,6 +197,8 @@ def callable_models(session: Session, workspace: str) -> list[tuple[str, str]]:
             out[f"{row.workspace}/{row.name}"] = row.workspace
     for provider in session.scalars(select(tables.ModelProvider).where(tables.ModelProvider.workspace == workspace)
                                     .order_by(tables.ModelProvider.created_at)):
+        if endpoint_of(provider) is not None:
+            continue  # what our endpoints serve is listed under the endpoints' own names
         for mapping in provider.served_models or []:
             out.setdefault(mapping["model_entity_id"], provider.workspace)
     return list(out.items())

@@ -27,7 +27,7 @@ from modelyard.db.engine import Database, utcnow
 from modelyard.db.session import in_db
 from modelyard.gateway.upstream import http_client, join
 from modelyard.providers import auth_header
-from modelyard.providers.service import ProviderKeyError, api_key
+from modelyard.providers.service import ProviderKeyError, api_key, endpoint_of
 
 log = logging.getLogger("modelyard.providers")
 PROBE_TIMEOUT_S = 10.0
@@ -104,6 +104,8 @@ class ProviderPoller:
         keyring = self.state.keyring
         out = []
         for row in session.scalars(select(tables.ModelProvider).order_by(tables.ModelProvider.created_at)):
+            if endpoint_of(row) is not None:
+                continue  # one of our endpoints: its status follows the endpoint, not a probe
             headers = {**(row.default_extra_headers or {}), **(row.required_extra_headers or {})}
             problem = None
             try:

@@ -12,7 +12,7 @@ from modelyard.auth.crypto import Keyring, KeyringError
 from modelyard.auth.principal import Access
 from modelyard.db import tables
 from modelyard.db.engine import new_id, utcnow
-from modelyard.errors import InvalidRequest
+from modelyard.errors import Conflict, InvalidRequest
 from modelyard.listing import ListQuery, Page
 from modelyard.providers import auth_header, store
 from modelyard.providers.schemas import (
@@ -99,6 +99,8 @@ def upsert(session: Session, access: Access, workspace: str, name: str,
     config = _config(request)
     row = store.find(session, workspace, name)
     now = utcnow()
+    if row is not None:
+        _configurable(row)
     if row is None:
         row = tables.ModelProvider(
             id=new_id("model-provider"), workspace=workspace, name=name, **config, served_models=[],
@@ -122,7 +124,7 @@ def upsert(session: Session, access: Access, workspace: str, name: str,
 def update_status(session: Session, workspace: str, name: str,
                   request: UpdateModelProviderStatusRequest) -> ModelProvider:
     workspace_store.require(session, workspace)
-    row = store.get(session, workspace, name)
+    row = _configurable(store.get(session, workspace, name))
     sent = request.model_fields_set
     if "served_models" in sent:
         row.served_models = [m.model_dump() for m in request.served_models or []]
@@ -140,7 +142,7 @@ def update_status(session: Session, workspace: str, name: str,
 
 def delete(session: Session, workspace: str, name: str) -> None:
     workspace_store.require(session, workspace)
-    store.delete(session, store.get(session, workspace, name))
+    store.delete(session, _configurable(store.get(session, workspace, name)))
 
 
 class ProviderKeyError(Exception):
@@ -161,3 +163,64 @@ def api_key(session: Session, keyring: Keyring, row: tables.ModelProvider) -> st
     except KeyringError:
         raise ProviderKeyError(f"the API key secret '{row.workspace}/{row.api_key_secret_name}' cannot be decrypted "
                                "with the server's MODELYARD_SECRET_KEY") from None
+
+
+# ----- our own endpoints, as providers of their base model and adapters -----------------------------
+
+ENDPOINT_URL = "modelyard://endpoints/"
+"""``host_url`` of the provider that stands for one of our endpoints (no user's provider can have it:
+theirs must be http(s)); the gateway routes such a provider through the endpoint's replicas."""
+_STATUS_OF_STATE = {"STARTED": "READY", "ERROR": "ERROR", "PENDING": "PENDING", "STARTING": "PENDING",
+                    "STOPPING": "PENDING", "STOPPED": "UNKNOWN"}
+
+
+def endpoint_of(row: tables.ModelProvider) -> str | None:
+    """The endpoint id a provider stands for, or None for a provider someone configured."""
+    return row.host_url[len(ENDPOINT_URL):] if row.host_url.startswith(ENDPOINT_URL) else None
+
+
+def _endpoint_provider_name(endpoint_name: str) -> str:
+    local = endpoint_name.partition("/")[2] or endpoint_name
+    return local if len(local) <= 63 else local[:54] + local[-9:]  # keeps the endpoint's 8-hex suffix
+
+
+def sync_endpoint(session: Session, endpoint: tables.Endpoint) -> None:
+    """Make the provider that stands for ``endpoint`` say what it serves now: its base model (as the
+    endpoint's name) and each attached adapter (as its own name), with a status from the endpoint's
+    state. Made on first call; a name a configured provider already has is left to that provider."""
+    from modelyard.endpoints import store as endpoint_store  # the endpoints domain knows its bindings
+
+    served = [{"model_entity_id": endpoint.model, "served_model_name": endpoint.name}]
+    served += [{"model_entity_id": f"{a.workspace}/{a.name}", "served_model_name": a.name}
+               for a in endpoint_store.attached_adapters(session, endpoint.id)]
+    status = _STATUS_OF_STATE.get(endpoint.state, "UNKNOWN")
+    message = f"endpoint {endpoint.name} is {endpoint.state}" + (f": {endpoint.error}" if endpoint.error else "")
+    row = store.find_endpoint(session, ENDPOINT_URL + endpoint.id)
+    now = utcnow()
+    if row is None:
+        name = _endpoint_provider_name(endpoint.name)
+        if store.find(session, endpoint.workspace, name) is not None:
+            return
+        session.add(tables.ModelProvider(
+            id=new_id("model-provider"), workspace=endpoint.workspace, name=name,
+            description=f"Modelyard endpoint {endpoint.name}", host_url=ENDPOINT_URL + endpoint.id,
+            served_models=served, status=status, status_message=message, model_deployment_id=endpoint.id,
+            created_by=None, created_at=now, updated_at=now,
+        ))
+        session.flush()
+        return
+    if (row.served_models, row.status, row.status_message) != (served, status, message):
+        row.served_models, row.status, row.status_message, row.updated_at = served, status, message[:1000], now
+
+
+def drop_endpoint(session: Session, endpoint_id: str) -> None:
+    row = store.find_endpoint(session, ENDPOINT_URL + endpoint_id)
+    if row is not None:
+        store.delete(session, row)
+
+
+def _configurable(row: tables.ModelProvider) -> tables.ModelProvider:
+    if endpoint_of(row) is not None:
+        raise Conflict(f"Model provider '{row.workspace}/{row.name}' stands for endpoint {endpoint_of(row)}: it "
+                       "changes with the endpoint (attach, detach, state) and goes when it is deleted")
+    return row

@@ -30,6 +30,11 @@ def find(session: Session, workspace: str, name: str) -> ModelProvider | None:
     return session.scalar(select(ModelProvider).where(ModelProvider.workspace == workspace, ModelProvider.name == name))
 
 
+def find_endpoint(session: Session, host_url: str) -> ModelProvider | None:
+    """The provider that stands for one of our endpoints (its ``host_url`` names the endpoint)."""
+    return session.scalar(select(ModelProvider).where(ModelProvider.host_url == host_url))
+
+
 def get(session: Session, workspace: str, name: str) -> ModelProvider:
     row = find(session, workspace, name)
     if row is None:
