@@ -8,6 +8,7 @@ databases in test_router.py).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import threading
@@ -193,7 +194,8 @@ def test_a_replica_killed_mid_stream_ends_the_stream_with_an_error_event(
                 os.kill(pid, signal.SIGKILL)
     data = [line for line in lines if line.startswith("data: ")]
     assert data[-1] == "data: [DONE]"
-    assert '"code": "engine_unavailable"' in data[-2] and "stopped while streaming" in data[-2]
+    error = json.loads(data[-2][6:])["error"]
+    assert error["code"] == "engine_unavailable" and "stopped while streaming" in error["message"]
 
 
 def _engines_under(home: Path) -> list[int]:

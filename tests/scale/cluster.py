@@ -202,6 +202,7 @@ class Cluster:
 
 def engine_pids(marker: str) -> set[int]:
     """Engine processes whose command line contains ``marker`` (e.g. a served name or a home folder)."""
-    out = subprocess.run(["pgrep", "-f", f"modelyard.engine .*{marker}"], capture_output=True, text=True,
+    # "[m]": a pgrep running at the same time (another thread's) does not match its own pattern
+    out = subprocess.run(["pgrep", "-f", f"[m]odelyard\\.engine .*{marker}"], capture_output=True, text=True,
                          check=False).stdout
     return {int(p) for p in out.split()}

@@ -43,12 +43,16 @@ def test_three_processes_serve_as_one(tmp_path: Path, fixture_models: dict[str, 
         engines = str(tmp_path)  # every engine's checkpoint is cached under one of the servers' homes
 
         most_engines = 0
+        seen: list[dict[int, str]] = []
         sampling = threading.Event()
 
         def count_engines() -> None:  # two processes must never both start a replica, even for a moment
             nonlocal most_engines
             while not sampling.is_set():
-                most_engines = max(most_engines, len(engine_pids(engines)))
+                found = engine_pids(engines)
+                if len(found) > most_engines:
+                    most_engines = len(found)
+                    seen.append({pid: _cmdline(pid) for pid in found})
                 time.sleep(0.05)
 
         sampler = threading.Thread(target=count_engines, daemon=True)
@@ -160,10 +164,17 @@ def test_three_processes_serve_as_one(tmp_path: Path, fixture_models: dict[str, 
                 ask(oa[survivor.name], "pirate")
         sampling.set()
         sampler.join(10)
-        assert most_engines == 1, f"{most_engines} engine processes at once"
+        assert most_engines == 1, f"{most_engines} engine processes at once: {seen[-1]}"
 
         tg[survivor.name].endpoints.delete(endpoint.id)
         wait_for(lambda: not engine_pids(engines), 30, "the engine stopped after the delete")
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[-300:]
+    except OSError:
+        return "(gone)"
 
 
 def _attach_quietly(tg: Together, endpoint_id: str, model_id: str) -> None:

@@ -283,6 +283,10 @@ class ReplicaPool:
 
     # ----- replicas (the supervisor's side) ----------------------------------------------------------
 
+    async def heartbeat(self) -> None:
+        """Tell every owned replica its owner is alive (engines with an orphan timeout count these)."""
+        await asyncio.gather(*(r.handle.ping_as_owner() for r in self.owned if r.alive()), return_exceptions=True)
+
     def add(self, replica: Replica) -> None:
         self.replicas.append(replica)
         self.lost = max(self.lost - 1, 0)
@@ -320,10 +324,27 @@ class ReplicaPool:
             replica.owned = False
         return list(self.replicas)
 
-    def take_over(self) -> None:
-        """This process owns the endpoint now: replicas it followed are adopted by the supervisor (which
-        replaces them with owned ones or drops them), so forget them."""
-        self.replicas = [r for r in self.replicas if r.owned]
+    async def take_over(self, adopted: list[Replica]) -> None:
+        """This process owns the endpoint now: ``adopted`` are the replicas it could adopt. A followed
+        replica that was adopted becomes owned in place (requests in flight on it stay counted); one
+        that was not is dropped. No await between the two: the gateway never sees an empty pool while
+        replicas are being adopted."""
+        adopted_by_id = {r.id: r for r in adopted}
+        kept: list[Replica] = []
+        dropped: list[Replica] = []
+        for replica in self.replicas:
+            if replica.owned:
+                kept.append(replica)
+            elif (mine := adopted_by_id.pop(replica.id, None)) is not None and mine.url == replica.url:
+                replica.handle, replica.owned, replica.serial = mine.handle, True, mine.serial
+                replica.loaded = dict(mine.loaded)
+                kept.append(replica)
+                dropped.append(mine)  # its client only: the handle lives on in ``replica``
+            else:
+                dropped.append(replica)
+        self.replicas = kept + list(adopted_by_id.values())
+        for replica in dropped:
+            await replica.client.aclose()
 
     async def follow(self, rows: list[tuple[str, str, int, dict[str, str]]], make: Callable[[str], ReplicaHandle]) -> None:
         """Make the followed replicas those of ``rows`` (id, url, serial, loaded adapters), keeping the

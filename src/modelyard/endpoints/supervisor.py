@@ -78,6 +78,7 @@ from modelyard.engine.backends import (
 from modelyard.engine.client import EngineClient
 from modelyard.errors import ServiceError
 from modelyard.observability.metrics import ServerMetrics
+from modelyard.providers import service as providers
 from modelyard.storage import FilesetMissing
 
 log = logging.getLogger("modelyard.supervisor")
@@ -189,6 +190,7 @@ class Supervisor:
         self._event_loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
         self._listener: _Listener | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
         self.generation = 0
         """Bumped on every change that can alter routing; the gateway's name cache keys on it."""
 
@@ -211,6 +213,10 @@ class Supervisor:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._heartbeat
         for endpoint_id, pool in list(self.pools.items()):
             restarts = self._restarts.get(endpoint_id)
             if restarts and restarts.task:
@@ -321,6 +327,9 @@ class Supervisor:
             self.generation += 1
             log.info("endpoint leases", extra={"owner": self.owner, "gained": sorted(gained), "lost": sorted(lost)})
         self.owned = owned
+        if self._heartbeat is None or self._heartbeat.done():  # apart from reconciles, which may be long
+            pools = [self.pools[e] for e in owned if e in self.pools]
+            self._heartbeat = asyncio.create_task(_heartbeat(pools))
         seen = set()
         for view in views:
             seen.add(view.id)
@@ -457,6 +466,7 @@ class Supervisor:
             if not keep_error:
                 row.error = error
             row.updated_at = utcnow()
+            providers.sync_endpoint(session, row)  # the provider that stands for it says the same
 
     async def _set_state(self, view: EndpointView, state: str, error: str | None = None) -> None:
         await anyio.to_thread.run_sync(lambda: self._write_state(view.id, state, error))
@@ -520,10 +530,11 @@ class Supervisor:
         )
 
     async def _adopt(self, pool: ReplicaPool, view: EndpointView) -> None:
-        """Take over the replicas the database lists for an endpoint this process just came to own."""
-        pool.take_over()
+        """Take over the replicas the database lists for an endpoint this process just came to own. The
+        followed replicas keep serving until the adopted ones replace them in one step."""
         restarts = self._restart(view.id)
         restarts.serial = max([restarts.serial, *(r.serial for r in view.replicas)])
+        adopted: list[Replica] = []
         for row in view.replicas:
             handle = None
             try:
@@ -534,8 +545,10 @@ class Supervisor:
             if handle is None:
                 log.info("replica gone: not adopted", extra={"endpoint": view.name, "url": row.url})
                 continue
-            pool.add(Replica(row.id, handle, EngineClient(handle.url), serial=row.serial, loaded=dict(row.adapters)))
+            adopted.append(Replica(row.id, handle, EngineClient(handle.url), serial=row.serial,
+                                   loaded=dict(row.adapters)))
             log.info("replica adopted", extra={"endpoint": view.name, "url": handle.url, "from": row.owner})
+        await pool.take_over(adopted)
         self.generation += 1
 
     async def _record(self, pool: ReplicaPool, view: EndpointView) -> None:
@@ -712,6 +725,10 @@ class Supervisor:
                 return local_folder(session, self.settings, reference, label=label, copy=copy)
         except ServiceError as exc:
             raise FilesetMissing(exc.message) from None
+
+
+async def _heartbeat(pools: list[ReplicaPool]) -> None:
+    await asyncio.gather(*(pool.heartbeat() for pool in pools), return_exceptions=True)
 
 
 def _vanished_here(owner: str) -> bool:

@@ -66,6 +66,8 @@ class ReplicaHandle(abc.ABC):
     log_path: Path | None = None
     node: str | None = None
     """Where it runs, for people: a host, a Ray node id."""
+    owner: str = ""
+    """The server process that owns the replica; its health checks carry it (see :meth:`ping_as_owner`)."""
     served_name: str | None = None
     """The name the engine serves the base model under, when it is not the endpoint's name (a remote
     server named its model itself); requests for the base model are sent with it."""
@@ -76,6 +78,19 @@ class ReplicaHandle(abc.ABC):
     async def check(self) -> bool:
         """Look again (a process poll, a health request, the Ray actor's state); returns ``alive()``."""
         return self.alive()
+
+    async def ping_as_owner(self) -> None:
+        """``GET /health`` with ``X-Modelyard-Owner``: a built-in engine started with an orphan timeout
+        counts these, and stops itself when they stop (nobody adopted it). A slow answer is not a death."""
+        if not self.owner:
+            return
+        import httpx  # kept out of this module's import time: backends are imported on first use
+
+        try:
+            async with httpx.AsyncClient(timeout=2.0) as http:
+                await http.get(self.url + "/health", headers={"X-Modelyard-Owner": self.owner})
+        except httpx.HTTPError:
+            pass
 
     @abc.abstractmethod
     async def stop(self) -> None:

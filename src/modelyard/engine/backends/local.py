@@ -52,7 +52,6 @@ class LocalHandle(ReplicaHandle):
         self._started = _start_time(self._pid) if self._pid else None
         self.log_path = log_path or (process.log_path if process is not None else None)
         self.node = os.uname().nodename
-        self.owner = ""
 
     @property
     def pid(self) -> int | None:
@@ -67,12 +66,8 @@ class LocalHandle(ReplicaHandle):
     async def check(self) -> bool:
         """Poll the process and ping its ``/health`` as its owner (a built-in engine started with an
         orphan timeout counts these pings; a slow answer is not a death)."""
-        if self.alive() and self.owner:
-            try:
-                async with httpx.AsyncClient(timeout=2.0) as http:
-                    await http.get(self.url + "/health", headers={"X-Modelyard-Owner": self.owner})
-            except httpx.HTTPError:
-                pass
+        if self.alive():
+            await self.ping_as_owner()
         return self.alive()
 
     async def stop(self) -> None:
@@ -141,7 +136,8 @@ class LocalBackend(Backend):
         handle.owner = spec.owner
         try:
             async with httpx.AsyncClient(timeout=5.0) as http:
-                ok = (await http.get(url + "/health")).status_code == 200
+                headers = {"X-Modelyard-Owner": spec.owner} if spec.owner else None
+                ok = (await http.get(url + "/health", headers=headers)).status_code == 200
         except httpx.HTTPError:
             ok = False
         return handle if ok else None

@@ -167,6 +167,8 @@ class RayHandle(ReplicaHandle):
     async def check(self) -> bool:
         if not self._dead:
             self._alive = await anyio.to_thread.run_sync(self._ping)
+        if self.alive():
+            await self.ping_as_owner()
         return self.alive()
 
     def _ping(self) -> bool:
@@ -346,8 +348,10 @@ class RayBackend(Backend):
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(_kill, ray, actor)
             raise
-        return RayHandle(self, launch.actor, name=self.actor_name(spec), namespace=self.settings.ray_namespace,
-                         url=info["url"], node=info["node"], log_path=spec.log_path)
+        handle = RayHandle(self, launch.actor, name=self.actor_name(spec), namespace=self.settings.ray_namespace,
+                           url=info["url"], node=info["node"], log_path=spec.log_path)
+        handle.owner = spec.owner
+        return handle
 
     def _launch(self, ray: Any, spec: ReplicaSpec, launch: _Launch) -> dict[str, Any]:
         """Create the actor, wait for Ray to place it and for its engine to answer; the actor's info.
@@ -413,10 +417,13 @@ class RayBackend(Backend):
         actor, info = found
         try:
             async with httpx.AsyncClient(timeout=5.0) as http:
-                ok = (await http.get(url + "/health")).status_code == 200
+                headers = {"X-Modelyard-Owner": spec.owner} if spec.owner else None
+                ok = (await http.get(url + "/health", headers=headers)).status_code == 200
         except httpx.HTTPError:
             ok = False
         if not ok:
             return None
-        return RayHandle(self, actor, name=name, namespace=namespace, url=url, node=info.get("node"),
-                         log_path=spec.log_path)
+        handle = RayHandle(self, actor, name=name, namespace=namespace, url=url, node=info.get("node"),
+                           log_path=spec.log_path)
+        handle.owner = spec.owner
+        return handle
