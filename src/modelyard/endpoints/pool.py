@@ -103,6 +103,7 @@ class Lease:
         replica.in_flight += 1
         self.replica = replica
         self.pool.last_request = time.monotonic()
+        self.pool.served += 1
 
     def switch(self) -> Replica | None:
         """Give the replica back (it did not answer) and take another live one not tried yet."""
@@ -146,6 +147,8 @@ class ReplicaPool:
         self.lock = asyncio.Lock()
         """Held while replicas or their adapters change (attach, detach, a reconcile pass)."""
         self.waiting = 0
+        self.served = 0
+        """Requests this process has sent to the endpoint's replicas (to report them to the owner)."""
         self.last_request = time.monotonic()
         self.lost = 0  # replicas that died and are not replaced yet
         self.workspace = ""  # the endpoint's, as last read (labels, logs)

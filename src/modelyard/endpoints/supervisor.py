@@ -347,14 +347,15 @@ class Supervisor:
                 await self.forget(endpoint_id)
 
     def _activity(self) -> dict[str, float]:
-        """Requests this process served for endpoints it does not own, since it last said so (wall time)."""
+        """When this process last served (or is holding) a request for each endpoint it does not own, if
+        that is news since it last said so (wall time)."""
         out: dict[str, float] = {}
         now_wall, now = time.time(), time.monotonic()
         for endpoint_id, pool in self.pools.items():
-            if endpoint_id in self.owned:
+            if endpoint_id in self.owned or not (pool.served or pool.waiting):
                 continue
             at = now_wall - (now - pool.last_request) if pool.waiting == 0 else now_wall
-            if at > self._restart(endpoint_id).reported_request + 1.0 and pool.in_flight + pool.waiting + pool.live:
+            if at > self._restart(endpoint_id).reported_request + 1.0:
                 out[endpoint_id] = at
         return out
 

@@ -79,18 +79,11 @@ class ReplicaHandle(abc.ABC):
         """Look again (a process poll, a health request, the Ray actor's state); returns ``alive()``."""
         return self.alive()
 
-    async def ping_as_owner(self) -> None:
+    async def ping_as_owner(self) -> bool:
         """``GET /health`` with ``X-Modelyard-Owner``: a built-in engine started with an orphan timeout
-        counts these, and stops itself when they stop (nobody adopted it). A slow answer is not a death."""
-        if not self.owner:
-            return
-        import httpx  # kept out of this module's import time: backends are imported on first use
-
-        try:
-            async with httpx.AsyncClient(timeout=2.0) as http:
-                await http.get(self.url + "/health", headers={"X-Modelyard-Owner": self.owner})
-        except httpx.HTTPError:
-            pass
+        counts these, and stops itself when they stop (nobody adopted it). True when it answered 200;
+        a slow answer is not a death."""
+        return await answers_health(self.url, self.owner, timeout=2.0) if self.owner else False
 
     @abc.abstractmethod
     async def stop(self) -> None:
@@ -107,6 +100,18 @@ class ReplicaHandle(abc.ABC):
 
     def detach(self) -> None:
         """Forget the replica without stopping it (another process adopts it)."""
+
+
+async def answers_health(url: str, owner: str = "", *, timeout: float = 5.0) -> bool:
+    """Whether the engine at ``url`` answers ``GET /health`` with 200 (as ``owner``, when given)."""
+    import httpx  # kept out of this module's import time: backends are imported on first use
+
+    try:
+        async with httpx.AsyncClient(timeout=timeout) as http:
+            headers = {"X-Modelyard-Owner": owner} if owner else None
+            return (await http.get(url + "/health", headers=headers)).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 class Backend(abc.ABC):

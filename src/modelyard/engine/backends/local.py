@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import anyio
-import httpx
 
 from modelyard.config import Settings
-from modelyard.engine.backends.base import Backend, BackendError, ReplicaHandle, ReplicaSpec
+from modelyard.engine.backends.base import Backend, BackendError, ReplicaHandle, ReplicaSpec, answers_health
 from modelyard.engine.backends.engines import ENGINES
 from modelyard.engine.process import EngineProcess, EngineStartError, free_port
 
@@ -134,10 +133,4 @@ class LocalBackend(Backend):
         log = record.get("log")
         handle = LocalHandle(None, url, pid=pid, log_path=Path(log) if log else None)
         handle.owner = spec.owner
-        try:
-            async with httpx.AsyncClient(timeout=5.0) as http:
-                headers = {"X-Modelyard-Owner": spec.owner} if spec.owner else None
-                ok = (await http.get(url + "/health", headers=headers)).status_code == 200
-        except httpx.HTTPError:
-            ok = False
-        return handle if ok else None
+        return handle if await answers_health(url, spec.owner) else None

@@ -34,7 +34,6 @@ from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import anyio
-import httpx
 
 from modelyard.config import Settings
 from modelyard.engine.backends.base import (
@@ -43,6 +42,7 @@ from modelyard.engine.backends.base import (
     BackendUnavailable,
     ReplicaHandle,
     ReplicaSpec,
+    answers_health,
 )
 from modelyard.engine.backends.engines import ENGINES
 from modelyard.engine.process import EngineProcess, EngineStartError, free_port
@@ -415,13 +415,7 @@ class RayBackend(Backend):
         if found is None:
             return None
         actor, info = found
-        try:
-            async with httpx.AsyncClient(timeout=5.0) as http:
-                headers = {"X-Modelyard-Owner": spec.owner} if spec.owner else None
-                ok = (await http.get(url + "/health", headers=headers)).status_code == 200
-        except httpx.HTTPError:
-            ok = False
-        if not ok:
+        if not await answers_health(url, spec.owner):
             return None
         handle = RayHandle(self, actor, name=name, namespace=namespace, url=url, node=info.get("node"),
                            log_path=spec.log_path)

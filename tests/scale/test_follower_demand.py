@@ -1,0 +1,39 @@
+"""An endpoint scaled to zero wakes up for a request that reaches a process that does not own it: the
+request is held there, the owner hears of it (the lease row, a NOTIFY) and starts a replica, and the
+held request is answered by it."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import openai
+import pytest
+from together import Together
+
+from tests.scale.cluster import Cluster, engine_pids, wait_for
+
+pytestmark = pytest.mark.postgres
+
+
+def test_a_request_through_another_process_wakes_an_endpoint_scaled_to_zero(
+    tmp_path: Path, fixture_models: dict[str, Path],
+) -> None:
+    with Cluster(tmp_path, size=2, lease_seconds=3.0) as cluster:
+        cluster.register(fixture_models)
+        first = cluster.servers[0]
+        tg = Together(api_key=cluster.api_key, base_url=first.url + "/v1", max_retries=0)
+        endpoint = tg.endpoints.create(model="default/tiny", hardware="cpu",
+                                       autoscaling={"min_replicas": 0, "max_replicas": 1})
+        wait_for(lambda: tg.endpoints.retrieve(endpoint.id).state == "STARTED", 60, "STARTED (scaled to zero)")
+        wait_for(lambda: cluster.lease_owner(endpoint.id), 10, "an owner")
+        time.sleep(1.0)
+        assert not engine_pids(str(tmp_path)) and not cluster.replicas()
+        other = next(s for s in cluster.servers if s is not cluster.owner_server(endpoint.id))
+        oa = openai.OpenAI(api_key=cluster.api_key, base_url=other.url + "/v1", max_retries=0, timeout=120)
+        started = time.monotonic()
+        answer = oa.chat.completions.create(model=endpoint.name, messages=[{"role": "user", "content": "hi"}],
+                                            max_tokens=4, temperature=0)
+        assert answer.choices[0].message.content is not None and answer.model == endpoint.name
+        assert len(engine_pids(str(tmp_path))) == 1 and len(cluster.replicas()) == 1
+        assert time.monotonic() - started < 60
