@@ -37,19 +37,15 @@ class Stack:
     adapters: list[str]
 
     def replica_url(self) -> str:
-        """The engine replica behind the endpoint (from the pid the server records, and its --port)."""
+        """The engine replica behind the endpoint (the URL its replica row records)."""
         import sqlalchemy as sa
 
         engine = sa.create_engine(f"sqlite:///{self.home / 'modelyard.db'}")
         with engine.connect() as conn:
-            pids = conn.execute(sa.text("SELECT processes FROM endpoints WHERE id = :id"),
-                                {"id": self.endpoint.id}).scalar_one()
+            url = conn.execute(sa.text("SELECT url FROM endpoint_replicas WHERE endpoint_id = :id"),
+                               {"id": self.endpoint.id}).scalar_one()
         engine.dispose()
-        import json
-
-        (pid,) = json.loads(pids) if isinstance(pids, str) else pids
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        return f"http://127.0.0.1:{int(argv[argv.index(b'--port') + 1])}"
+        return str(url)
 
 
 @contextmanager

@@ -135,6 +135,8 @@ class EndpointView:
     replicas: tuple[ReplicaRow, ...] = ()
     owner: str | None = None
     """The lease holder as read (before this pass's claim)."""
+    lease_expires: Any = None
+    """When the lease as read runs out (naive UTC, as stored), None without a lease row."""
     remote_request_at: float | None = None
     """The latest request another process served (wall-clock seconds), from the lease row."""
     error: str | None = None
@@ -368,6 +370,12 @@ class Supervisor:
         until = now + timedelta(seconds=self.settings.lease_seconds)
         ids = [v.id for v in views]
         vanished = {v.owner for v in views if v.owner and v.owner != self.owner and _vanished_here(v.owner)}
+        fresh = now + timedelta(seconds=self.settings.lease_seconds * 2 / 3)
+        if not activity and not vanished and all(
+            v.lease_expires is not None and (v.lease_expires > fresh if v.owner == self.owner else v.lease_expires > now)
+            for v in views
+        ):  # nothing to take, renew or report: no write this pass
+            return {v.id for v in views if v.owner == self.owner}
         with self.db.session(write=True) as session:
             table = tables.EndpointLease
             session.execute(update(table).where(table.endpoint_id.in_(ids), table.owner == self.owner)
@@ -444,6 +452,7 @@ class Supervisor:
                 placement=e.placement, urls=tuple(e.urls or ()), resources=tuple(sorted((e.resources or {}).items())),
                 replicas=tuple(replicas.get(e.id, [])),
                 owner=leases[e.id].owner if e.id in leases else None,
+                lease_expires=leases[e.id].expires_at if e.id in leases else None,
                 remote_request_at=(leases[e.id].last_request_at.timestamp() if e.id in leases
                                    and leases[e.id].last_request_at else None),
                 error=e.error,

@@ -62,13 +62,6 @@ class LocalHandle(ReplicaHandle):
         # adopted: not our child, so poll() is not available; the pid must still be the same process
         return self._pid is not None and _start_time(self._pid) == self._started and self._started is not None
 
-    async def check(self) -> bool:
-        """Poll the process and ping its ``/health`` as its owner (a built-in engine started with an
-        orphan timeout counts these pings; a slow answer is not a death)."""
-        if self.alive():
-            await self.ping_as_owner()
-        return self.alive()
-
     async def stop(self) -> None:
         if self.process is not None:
             await anyio.to_thread.run_sync(self.process.stop)

@@ -167,8 +167,6 @@ class RayHandle(ReplicaHandle):
     async def check(self) -> bool:
         if not self._dead:
             self._alive = await anyio.to_thread.run_sync(self._ping)
-        if self.alive():
-            await self.ping_as_owner()
         return self.alive()
 
     def _ping(self) -> bool:
