@@ -159,19 +159,24 @@ def test_invalid_remote_endpoints_are_refused(registry: tuple[Modelyard, Togethe
     base = {"model": "default/tiny", "hardware": "cpu", "autoscaling": {"min_replicas": 1, "max_replicas": 1}}
     cases = [
         ({"engine": "remote"}, "engine 'remote' needs `urls`"),
-        ({"engine": "remote", "urls": []}, "urls: List should have at least 1 item"),
-        ({"engine": "remote", "urls": ["ftp://example.com/v1"]}, "urls.0: URL scheme should be 'http' or 'https'"),
+        ({"engine": "remote", "urls": []}, "engine 'remote' needs `urls`"),
+        ({"engine": "remote", "urls": ["ftp://example.com/v1"]}, "is not an http(s) URL"),
+        ({"engine": "remote", "urls": ["http://user:pw@example.com"]}, "no user:password@"),
+        ({"engine": "remote", "urls": ["http://127.0.0.1:9"], "placement": "ray"}, "no `placement`"),
         ({"engine": "builtin", "urls": ["http://127.0.0.1:9"]}, "`urls` are for engine 'remote'"),
-        ({"engine": "sglang"}, "engine: Input should be 'builtin', 'vllm' or 'remote'"),
-        ({"placement": "moon"}, "placement: Input should be 'local' or 'ray'"),
+        ({"engine": "sglang"}, "unknown engine 'sglang'; known: builtin, vllm, remote"),
+        ({"placement": "moon"}, "unknown placement 'moon'; known: local, ray"),
+        ({"placement": "local", "resources": {"GPU": 1}}, "use placement 'ray'"),
+        ({"placement": "ray", "resources": {"GPU": -1}}, "each amount in (0, 1000000]"),
     ]
     with httpx.Client(base_url=live_server, headers=AUTH(), timeout=30) as http:
         for extra, message in cases:
             response = http.post("/v1/endpoints", json={**base, **extra})
-            # the /v1 surface answers request validation errors as OpenAI does: 400, invalid_request
-            assert response.status_code == 400, (extra, response.text)
+            assert response.status_code == 422, (extra, response.text)
             error = response.json()["error"]
-            assert error["code"] == "invalid_request" and message in error["message"], (extra, error)
+            assert error["code"] == "invalid_engine" and message in error["message"], (extra, error)
+        malformed = http.post("/v1/endpoints", json={**base, "urls": "http://127.0.0.1:9"})  # not a list
+        assert malformed.status_code == 400 and malformed.json()["error"]["code"] == "invalid_request"
 
         # a remote endpoint needs no checkpoint files here: the servers hold their own copy
         ours.models.create("default", name="elsewhere")

@@ -35,12 +35,14 @@ async def list_hardware(model: str | None = None) -> HardwareList:
     return service.hardware()
 
 
-@router.post("/endpoints", response_model=Endpoint, responses=ERRORS)
+@router.post("/endpoints", response_model=Endpoint,
+             responses={**ERRORS, 422: {"description": "engine fields that do not fit together, or an engine "
+                                                       "this server cannot run"}})
 async def create_endpoint(
     body: CreateEndpointRequest, request: Request, workspace: CallerWorkspace, access: AccessDep
 ) -> Endpoint:
     settings, supervisor = request.app.state.settings, request.app.state.supervisor
-    await run_in_threadpool(service.check_engine, settings, body.engine)
+    await run_in_threadpool(service.check_engine, settings, body)
     row = await in_db(request.app.state.db, lambda s: service.create(s, settings, workspace, body, access), write=True)
     supervisor.changed()
     return service.to_wire(row, supervisor)

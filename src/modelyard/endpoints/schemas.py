@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from modelyard.boundary import max_replicas_limit
-from modelyard.engine.backends import EngineName, Placement
+from modelyard.engine.backends import ENGINE_NAMES, PLACEMENTS
 
 State = Literal["PENDING", "STARTING", "STARTED", "STOPPING", "STOPPED", "ERROR"]
 
@@ -51,14 +52,16 @@ class CreateEndpointRequest(BaseModel):
     enable_lora: bool = True
     max_loras: int = Field(default=4, ge=1, le=128, description="adapters resident in each replica at once")
     max_lora_rank: int = Field(default=16, ge=1, le=512)
-    engine: EngineName = Field(default="builtin", description="the engine a replica runs: one we start "
-                               "(`builtin`, `vllm`) or `remote`: servers someone else runs, listed in `urls`")
-    placement: Placement | None = Field(default=None, description="where engines we start run: `local` (this "
-                                        "machine) or `ray` (a Ray cluster's nodes); default: `ray` when the "
-                                        "server has MODELYARD_RAY_ADDRESS, else `local`")
-    urls: list[HttpUrl] | None = Field(default=None, min_length=1, max_length=64,
-                                       description="engine `remote`: the OpenAI/vLLM servers to route to (one "
-                                                   "replica each; they must allow runtime LoRA updating)")
+    engine: str = Field(default="builtin", max_length=64, json_schema_extra={"enum": list(ENGINE_NAMES)},
+                        description="the engine a replica runs: one we start (`builtin`, `vllm`) or `remote`: "
+                                    "servers someone else runs, listed in `urls` (422 for an unknown one)")
+    placement: str | None = Field(default=None, max_length=64, json_schema_extra={"enum": list(PLACEMENTS)},
+                                  description="where engines we start run: `local` (this machine) or `ray` (a Ray "
+                                              "cluster's nodes); default: `ray` when the server has "
+                                              "MODELYARD_RAY_ADDRESS, else `local`")
+    urls: list[str] | None = Field(default=None, max_length=64,
+                                   description="engine `remote`: the OpenAI/vLLM servers to route to (one replica "
+                                               "each; they must allow runtime LoRA updating)")
     resources: dict[str, float] | None = Field(default=None, description="placement `ray`: what each replica "
                                                "needs from a node, e.g. {\"CPU\": 2}, {\"GPU\": 1} or a custom "
                                                "resource")
@@ -67,26 +70,30 @@ class CreateEndpointRequest(BaseModel):
 
     replicas_within_limit = field_validator("autoscaling")(_within_host_limit)
 
-    @field_validator("resources")
-    @classmethod
-    def _resources(cls, value: dict[str, float] | None) -> dict[str, float] | None:
-        for name, amount in (value or {}).items():
-            if not name or len(name) > 64 or amount <= 0 or amount > 1_000_000:
-                raise ValueError("resources: each name must be 1-64 characters and each amount in (0, 1000000]")
-        return value
-
-    @model_validator(mode="after")
-    def _engine_fields(self) -> CreateEndpointRequest:
+    def engine_problem(self) -> str | None:
+        """Why the engine fields cannot work together (checked by the service: a 422, like an engine
+        this server cannot run), or None."""
+        if self.engine not in ENGINE_NAMES:
+            return f"unknown engine '{self.engine}'; known: {', '.join(ENGINE_NAMES)}"
+        if self.placement is not None and self.placement not in PLACEMENTS:
+            return f"unknown placement '{self.placement}'; known: {', '.join(PLACEMENTS)}"
         if self.engine == "remote":
             if not self.urls:
-                raise ValueError("engine 'remote' needs `urls`: the servers to route to")
+                return "engine 'remote' needs `urls`: the servers to route to"
             if self.placement is not None or self.resources:
-                raise ValueError("engine 'remote' runs on servers someone else places: no `placement` or `resources`")
+                return "engine 'remote' runs on servers someone else places: no `placement` or `resources`"
+            for url in self.urls:
+                parts = urlsplit(url)
+                if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
+                    return f"urls: {url!r} is not an http(s) URL with a host (and no user:password@)"
         elif self.urls:
-            raise ValueError(f"`urls` are for engine 'remote'; engine '{self.engine}' is started by Modelyard")
+            return f"`urls` are for engine 'remote'; engine '{self.engine}' is started by Modelyard"
+        for name, amount in (self.resources or {}).items():
+            if not name or len(name) > 64 or not 0 < amount <= 1_000_000:
+                return "resources: each name must be 1-64 characters and each amount in (0, 1000000]"
         if self.resources and self.placement == "local":
-            raise ValueError("`resources` place replicas on a Ray cluster's nodes: use placement 'ray'")
-        return self
+            return "`resources` place replicas on a Ray cluster's nodes: use placement 'ray'"
+        return None
 
 
 class UpdateEndpointRequest(BaseModel):
@@ -116,8 +123,8 @@ class Endpoint(BaseModel):
     enable_lora: bool
     max_loras: int
     max_lora_rank: int
-    engine: EngineName
-    placement: Placement | None = None
+    engine: str
+    placement: str | None = None
     urls: list[str] | None = None
     resources: dict[str, float] | None = None
     visibility: Literal["private", "public"]

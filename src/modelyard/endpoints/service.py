@@ -139,10 +139,13 @@ def _owned(session: Session, workspace: str, endpoint_id: str) -> tables.Endpoin
     return row
 
 
-def check_engine(settings: Settings, engine: str) -> None:
-    """Refuse an endpoint whose engine cannot run on this server, before anything is stored (it
-    would only fail its starts and end in ERROR). May run a short subprocess: call it outside any
-    database session."""
+def check_engine(settings: Settings, request: CreateEndpointRequest) -> None:
+    """Refuse an endpoint whose engine fields do not fit together, or whose engine cannot run on this
+    server, before anything is stored (it would only fail its starts and end in ERROR): 422. May run
+    a short subprocess: call it outside any database session."""
+    engine = request.engine
+    if (problem := request.engine_problem()) is not None:
+        raise ApiError(422, problem, code="invalid_engine")
     kind = ENGINES.get(engine)
     problem = kind.problem(settings) if kind is not None else None
     if problem:
