@@ -67,6 +67,9 @@ class Cluster:
     root: Path
     size: int = 3
     lease_seconds: float = 3.0
+    backend: str = "postgresql"
+    """``postgresql`` (a fresh database on the local server; changes reach the processes by NOTIFY) or
+    ``sqlite`` (one file shared by the processes; changes are found by polling)."""
     extra_env: dict[str, str] = field(default_factory=dict)
     servers: list[Server] = field(default_factory=list)
     database: str = ""
@@ -170,6 +173,9 @@ class Cluster:
             admin.dispose()
 
     def _start_database(self) -> None:
+        if self.backend == "sqlite":
+            self.database_url = f"sqlite:///{self.root / 'modelyard.db'}"
+            return
         self.database = f"modelyard_scale_{uuid.uuid4().hex[:10]}"
         admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:

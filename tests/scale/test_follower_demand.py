@@ -1,6 +1,6 @@
 """An endpoint scaled to zero wakes up for a request that reaches a process that does not own it: the
 request is held there, the owner hears of it (the lease row, a NOTIFY) and starts a replica, and the
-held request is answered by it."""
+held request is answered by it. Then a detach through the owner is seen by the other process."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ from together import Together
 
 from tests.scale.cluster import Cluster, engine_pids, wait_for
 
-pytestmark = pytest.mark.postgres
 
-
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def test_a_request_through_another_process_wakes_an_endpoint_scaled_to_zero(
-    tmp_path: Path, fixture_models: dict[str, Path],
+    tmp_path: Path, fixture_models: dict[str, Path], backend: str,
 ) -> None:
-    with Cluster(tmp_path, size=2, lease_seconds=3.0) as cluster:
+    """On PostgreSQL the owner hears of the held request by NOTIFY; on SQLite, on its next pass."""
+    with Cluster(tmp_path, size=2, lease_seconds=3.0, backend=backend) as cluster:
         cluster.register(fixture_models)
         first = cluster.servers[0]
         tg = Together(api_key=cluster.api_key, base_url=first.url + "/v1", max_retries=0)
@@ -37,3 +37,19 @@ def test_a_request_through_another_process_wakes_an_endpoint_scaled_to_zero(
         assert answer.choices[0].message.content is not None and answer.model == endpoint.name
         assert len(engine_pids(str(tmp_path))) == 1 and len(cluster.replicas()) == 1
         assert time.monotonic() - started < 60
+
+        owner = Together(api_key=cluster.api_key, base_url=cluster.owner_server(endpoint.id).url + "/v1",
+                         max_retries=0)
+        owner.endpoints.adapters.add(endpoint.id, model_id=f"{endpoint.name}:chef")
+        assert oa.chat.completions.create(model="chef", messages=[{"role": "user", "content": "hi"}],
+                                          max_tokens=4).model == "chef"
+        owner.endpoints.adapters.remove(endpoint.id, model_id=f"{endpoint.name}:chef")
+
+        def gone() -> bool:
+            try:
+                oa.chat.completions.create(model="chef", messages=[{"role": "user", "content": "hi"}], max_tokens=1)
+            except openai.NotFoundError:
+                return True
+            return False
+
+        wait_for(gone, 1.5, "the detach seen by the other process", every=0.05)
