@@ -43,7 +43,9 @@ async def create_endpoint(
 ) -> Endpoint:
     settings, supervisor = request.app.state.settings, request.app.state.supervisor
     await run_in_threadpool(service.check_engine, settings, body)
-    row = await in_db(request.app.state.db, lambda s: service.create(s, settings, workspace, body, access), write=True)
+    available = {h.id for h in (await run_in_threadpool(service.hardware)).data}
+    row = await in_db(request.app.state.db, lambda s: service.create(s, settings, workspace, body, access, available),
+                      write=True)
     supervisor.changed()
     return service.to_wire(row, supervisor)
 

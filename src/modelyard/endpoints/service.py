@@ -154,8 +154,11 @@ def check_engine(settings: Settings, request: CreateEndpointRequest) -> None:
 
 
 def create(
-    session: Session, settings: Settings, workspace: str, request: CreateEndpointRequest, access: Access
+    session: Session, settings: Settings, workspace: str, request: CreateEndpointRequest, access: Access,
+    available: set[str],
 ) -> tables.Endpoint:
+    """``available``: the hardware ids of this host (:func:`hardware`, probed before the transaction:
+    ``nvidia-smi`` is never run while a database write is open)."""
     if session.get(tables.Workspace, workspace) is None:
         raise ApiError(404, f"Workspace '{workspace}' not found", code="workspace_not_found")
     reference = request.model if "/" in request.model else f"{workspace}/{request.model}"
@@ -171,7 +174,6 @@ def create(
         if fileset is None or fileset_store.file(session, fileset.id, "config.json") is None:
             raise ApiError(400, f"fileset '{model.fileset}' of model '{reference}' has no config.json",
                            code="model_without_files")
-    available = {h.id for h in hardware().data}
     if request.hardware not in available:
         raise ApiError(400, f"hardware '{request.hardware}' is not available here; choose one of "
                             f"{sorted(available)} (GET /v1/hardware)", code="invalid_hardware")
