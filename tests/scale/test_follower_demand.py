@@ -1,6 +1,7 @@
 """An endpoint scaled to zero wakes up for a request that reaches a process that does not own it: the
 request is held there, the owner hears of it (the lease row, a NOTIFY) and starts a replica, and the
-held request is answered by it. Then a detach through the owner is seen by the other process."""
+held request is answered by it. Then a detach through the owner is seen by the other process, and a
+clean stop of the owner hands its running replica over to the other."""
 
 from __future__ import annotations
 
@@ -53,3 +54,16 @@ def test_a_request_through_another_process_wakes_an_endpoint_scaled_to_zero(
             return False
 
         wait_for(gone, 1.5, "the detach seen by the other process", every=0.05)
+
+        # a clean stop of the owner (a rolling restart) hands the running replica over: no new engine
+        (row,) = cluster.replicas()
+        engines = engine_pids(str(tmp_path))
+        stopping = cluster.owner_server(endpoint.id)
+        stopping.proc.terminate()
+        stopping.proc.wait(30)
+        wait_for(lambda: [r["owner"] for r in cluster.replicas()] not in ([], [row["owner"]]), 10,
+                 "the replica adopted by the process still running")
+        assert [r["url"] for r in cluster.replicas()] == [row["url"]] and engine_pids(str(tmp_path)) == engines
+        assert oa.chat.completions.create(model=endpoint.name, messages=[{"role": "user", "content": "hi"}],
+                                          max_tokens=4, temperature=0).choices[0].message.content \
+            == answer.choices[0].message.content

@@ -155,6 +155,16 @@ class EndpointLease(Base):
     last_request_at: Mapped[datetime | None] = mapped_column(DateTime)
 
 
+class ServerProcess(Base):
+    """A server process that is alive until ``seen_until`` (renewed with its leases): one that stops
+    cleanly hands its replicas over instead of stopping them when another one is alive."""
+
+    __tablename__ = "server_processes"
+
+    owner: Mapped[str] = mapped_column(String(128), primary_key=True)
+    seen_until: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+
+
 class EndpointReplica(Base):
     """One running replica, written by its owning process: every process's gateway routes to it by
     ``url``, and a new owner adopts it from ``record`` (the backend's description) instead of starting

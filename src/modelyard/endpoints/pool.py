@@ -320,6 +320,12 @@ class ReplicaPool:
             if not replica.owned:
                 await replica.client.aclose()
 
+    async def hand_over(self) -> None:
+        """Forget every replica without stopping any (another process adopts the owned ones)."""
+        replicas, self.replicas = self.replicas, []
+        for replica in replicas:
+            await replica.client.aclose()
+
     async def release_all(self) -> list[Replica]:
         """Hand every owned replica over without stopping it (another process owns the endpoint now):
         they stay routable as followed replicas until the new owner's rows say otherwise."""

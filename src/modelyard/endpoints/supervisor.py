@@ -193,6 +193,7 @@ class Supervisor:
         self._stopping = False
         self._listener: _Listener | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+        self._seen_until: Any = None
         self.generation = 0
         """Bumped on every change that can alter routing; the gateway's name cache keys on it."""
 
@@ -206,8 +207,10 @@ class Supervisor:
         self._loop_task = asyncio.create_task(self._run(), name="modelyard-supervisor")
 
     async def stop(self) -> None:
-        """Stop every replica this process owns and give up its leases (the endpoints' desired states
-        stay as they are: another process, or the next start, runs them again)."""
+        """Give up this process's leases. When another server process is alive, its replicas are handed
+        over running (the others adopt them at once: no gap in service during a rolling restart);
+        otherwise they are stopped (the endpoints' desired states stay as they are: the next start runs
+        them again)."""
         self._stopping = True
         if self._listener is not None:
             self._listener.stop()
@@ -219,15 +222,24 @@ class Supervisor:
             self._heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._heartbeat
+        others = False
+        with contextlib.suppress(Exception):  # the database is unreachable: stop them (as before)
+            others = await anyio.to_thread.run_sync(self._others_alive)
         for endpoint_id, pool in list(self.pools.items()):
             restarts = self._restarts.get(endpoint_id)
             if restarts and restarts.task:
                 restarts.task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await restarts.task
-            await pool.stop_all()
+            if others:
+                await pool.hand_over()
+            else:
+                await pool.stop_all()
         with contextlib.suppress(Exception):
-            await anyio.to_thread.run_sync(self._give_up_leases)
+            await anyio.to_thread.run_sync(self._give_up_leases, others)
+            if others:
+                log.info("replicas handed over to the other server processes", extra={"owner": self.owner})
+                await anyio.to_thread.run_sync(self._announce)
         await self.backends.close()
 
     def wake(self) -> None:
@@ -279,11 +291,20 @@ class Supervisor:
     def _restart(self, endpoint_id: str) -> _Restarts:
         return self._restarts.setdefault(endpoint_id, _Restarts())
 
-    def _give_up_leases(self) -> None:
-        """After a clean stop: this process's replicas are stopped, and its endpoints free to take."""
+    def _others_alive(self) -> bool:
+        with self.db.session() as session:
+            return session.scalar(select(tables.ServerProcess.owner).where(
+                tables.ServerProcess.owner != self.owner, tables.ServerProcess.seen_until > utcnow()).limit(1)) \
+                is not None
+
+    def _give_up_leases(self, keep_replicas: bool = False) -> None:
+        """After a clean stop: this process's endpoints are free to take at once, and its replicas either
+        left for the others to adopt (``keep_replicas``) or, stopped, forgotten."""
         with self.db.session(write=True) as session:
-            session.execute(delete(tables.EndpointReplica).where(tables.EndpointReplica.owner == self.owner))
+            if not keep_replicas:
+                session.execute(delete(tables.EndpointReplica).where(tables.EndpointReplica.owner == self.owner))
             session.execute(delete(tables.EndpointLease).where(tables.EndpointLease.owner == self.owner))
+            session.execute(delete(tables.ServerProcess).where(tables.ServerProcess.owner == self.owner))
 
     async def refresh(self, pool: ReplicaPool) -> None:
         """Bring a followed endpoint's replicas up to date from the database now (before an attach or
@@ -364,19 +385,29 @@ class Supervisor:
     def _claim(self, views: list[EndpointView], activity: dict[str, float]) -> set[str]:
         """Renew this process's leases, take expired ones (and those of vanished processes on this
         machine), and report traffic: one short transaction. Returns the endpoints owned now."""
-        if not views:
-            return set()
         now = utcnow()
         until = now + timedelta(seconds=self.settings.lease_seconds)
         ids = [v.id for v in views]
         vanished = {v.owner for v in views if v.owner and v.owner != self.owner and _vanished_here(v.owner)}
         fresh = now + timedelta(seconds=self.settings.lease_seconds * 2 / 3)
-        if not activity and not vanished and all(
+        present = self._seen_until is not None and self._seen_until > fresh
+        if present and not activity and not vanished and all(
             v.lease_expires is not None and (v.lease_expires > fresh if v.owner == self.owner else v.lease_expires > now)
             for v in views
         ):  # nothing to take, renew or report: no write this pass
             return {v.id for v in views if v.owner == self.owner}
         with self.db.session(write=True) as session:
+            if not present:  # this process is alive (for others stopping cleanly: hand over, not stop)
+                row = session.get(tables.ServerProcess, self.owner)
+                if row is None:
+                    session.add(tables.ServerProcess(owner=self.owner, seen_until=until))
+                else:
+                    row.seen_until = until
+                session.execute(delete(tables.ServerProcess).where(
+                    tables.ServerProcess.seen_until < now - timedelta(seconds=10 * self.settings.lease_seconds)))
+                self._seen_until = until
+            if not ids:
+                return set()
             table = tables.EndpointLease
             session.execute(update(table).where(table.endpoint_id.in_(ids), table.owner == self.owner)
                             .values(expires_at=until))

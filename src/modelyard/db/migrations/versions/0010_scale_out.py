@@ -1,4 +1,4 @@
-"""Scale-out: endpoint placement, remote URLs and resources; leases; replicas as rows.
+"""Scale-out: endpoint placement, remote URLs and resources; leases; replicas as rows; live server processes.
 
 Revision ID: 0010
 Revises: 0009
@@ -44,9 +44,15 @@ def upgrade() -> None:
         sa.Column("updated_at", sa.DateTime(), nullable=False),
     )
     op.create_index("ix_endpoint_replicas_endpoint_id", "endpoint_replicas", ["endpoint_id"])
+    op.create_table(
+        "server_processes",
+        sa.Column("owner", sa.String(128), primary_key=True),
+        sa.Column("seen_until", sa.DateTime(), nullable=False),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("server_processes")
     op.drop_index("ix_endpoint_replicas_endpoint_id", table_name="endpoint_replicas")
     op.drop_table("endpoint_replicas")
     op.drop_table("endpoint_leases")
