@@ -292,10 +292,11 @@ class Supervisor:
         return self._restarts.setdefault(endpoint_id, _Restarts())
 
     def _others_alive(self) -> bool:
+        """Whether another server process renewed its presence lately (and, on this machine, still runs)."""
         with self.db.session() as session:
-            return session.scalar(select(tables.ServerProcess.owner).where(
-                tables.ServerProcess.owner != self.owner, tables.ServerProcess.seen_until > utcnow()).limit(1)) \
-                is not None
+            owners = session.scalars(select(tables.ServerProcess.owner).where(
+                tables.ServerProcess.owner != self.owner, tables.ServerProcess.seen_until > utcnow()))
+            return any(not _vanished_here(owner) for owner in owners)
 
     def _give_up_leases(self, keep_replicas: bool = False) -> None:
         """After a clean stop: this process's endpoints are free to take at once, and its replicas either
