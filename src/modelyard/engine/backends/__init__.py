@@ -12,7 +12,6 @@ else ``local``). Backends are imported on first use, so Ray is needed only where
 from __future__ import annotations
 
 import importlib
-from typing import Literal
 
 from modelyard.config import Settings
 from modelyard.engine.backends.base import (
@@ -34,9 +33,6 @@ ENGINE_NAMES: tuple[str, ...] = (*ENGINES, REMOTE)
 """What an endpoint's ``engine`` may be: every engine kind we can start, and ``remote``."""
 PLACEMENTS: tuple[str, ...] = tuple(name for name in _BACKENDS if name != REMOTE)
 """Where engines we start may run."""
-
-EngineName = Literal[ENGINE_NAMES]  # type: ignore[valid-type]
-Placement = Literal[PLACEMENTS]  # type: ignore[valid-type]
 
 
 def backend_name(engine: str, placement: str | None, settings: Settings) -> str:
@@ -68,4 +64,4 @@ class Backends:
 
 
 __all__ = ["ENGINES", "ENGINE_NAMES", "PLACEMENTS", "REMOTE", "Backend", "BackendError", "BackendUnavailable",
-           "Backends", "EngineKind", "EngineName", "Placement", "ReplicaHandle", "ReplicaSpec", "backend_name"]
+           "Backends", "EngineKind", "ReplicaHandle", "ReplicaSpec", "backend_name"]
