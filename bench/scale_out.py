@@ -58,7 +58,7 @@ import psutil
 import sqlalchemy as sa
 
 from modelyard.client.client import upload_dir
-from modelyard.endpoints.pool import _weight
+from modelyard.endpoints.pool import homes
 from modelyard.engine.fixtures import DEFAULT_TARGETS, build_fixture_set, build_random_adapters
 from tests.scale.cluster import Cluster, Server, engine_pids, wait_for
 
@@ -225,8 +225,9 @@ def run_load(cluster: BenchCluster, adapters: list[str], args: argparse.Namespac
     rows = cluster.rows(ep.id)
     urls = [str(r["url"]) for r in rows]
     result_homes = {u: 0 for u in urls}
-    for name in adapters:  # the replica adapter affinity sends each adapter to (the pool's rendezvous hash)
-        result_homes[str(max(rows, key=lambda r, n=name: _weight(n, str(r["id"])))["url"])] += 1
+    url_of = {str(r["id"]): str(r["url"]) for r in rows}
+    for replica_id in homes(adapters, url_of).values():  # where adapter affinity sends each adapter
+        result_homes[url_of[replica_id]] += 1
     server_pids = [s.proc.pid for s in servers if s.proc is not None]
     engines = sorted(engine_pids(str(cluster.root)))
 
@@ -295,7 +296,7 @@ def print_load(mode: str, r: LoadResult) -> None:
           f"server_cpu_ms_per_request={1000 * r.server_cpu_s / per_req:.1f} "
           f"engine_cpu_ms_per_request={1000 * r.engine_cpu_s / per_req:.1f}")
     for i, (url, (loads, evictions)) in enumerate(sorted(r.slots.items())):
-        print(f"[{mode}]   replica {i} ({url}): adapters_hashed_here={r.homes[url]} "
+        print(f"[{mode}]   replica {i} ({url}): adapters_homed_here={r.homes[url]} "
               f"requests={r.per_replica_requests[url]:.0f} "
               f"lora_slot_loads={loads:.0f} lora_evictions={evictions:.0f}")
     total_loads = sum(v[0] for v in r.slots.values())

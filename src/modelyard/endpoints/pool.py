@@ -17,11 +17,12 @@ Replicas this process started or adopted are *owned*; the others (:meth:`follow`
 endpoint another server process owns, known from the database: this process routes to them and loads
 adapters into them on attach, but never starts or stops them.
 
-Routing knows where adapters live: a request for adapter X goes to the replica X hashes to among the
-live ones (rendezvous hashing, so adapters spread over replicas and stay put when one comes or goes),
-unless that replica is busier than the least loaded one by ``spill`` requests; then to the least
-loaded. With more attached adapters than an engine keeps resident (``max_loras``), this keeps each
-replica's working set small instead of every replica cycling through every adapter.
+Routing knows where adapters live: a request for adapter X goes to X's home among the live replicas
+(rendezvous hashing with bounded loads, :func:`homes`: adapters spread evenly over replicas, the same
+in every process, and mostly stay put when one comes or goes), unless that replica is busier than
+the least loaded one by ``spill`` requests; then to the least loaded. With more attached adapters than
+an engine keeps resident (``max_loras``), this keeps each replica's working set small instead of every
+replica cycling through every adapter.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -155,6 +157,8 @@ class ReplicaPool:
         self.name = ""
         self.max_lora_rank = 16
         self.affinity = True
+        self._adapters: tuple[str, ...] = ()
+        self._homes: tuple[tuple[str, ...], dict[str, str]] = ((), {})
 
     # ----- reading ---------------------------------------------------------------------------------
 
@@ -196,8 +200,22 @@ class ReplicaPool:
         least = min(live, key=lambda r: r.in_flight)
         if adapter is None or len(live) == 1 or not self.affinity:
             return least
-        home = max(live, key=lambda r: _weight(adapter, r.id))
+        homes = self._homes_for(live)
+        home = next((r for r in live if r.id == homes.get(adapter)), None) \
+            or max(live, key=lambda r: _weight(adapter, r.id))  # attached since the last pass: its hash
         return home if home.in_flight - least.in_flight < self.spill else least
+
+    def place(self, adapters: Iterable[str]) -> None:
+        """The endpoint's attached adapters, to spread over its replicas (see :func:`homes`)."""
+        placed = tuple(sorted(set(adapters)))
+        if placed != self._adapters:
+            self._adapters, self._homes = placed, ((), {})
+
+    def _homes_for(self, live: list[Replica]) -> dict[str, str]:
+        ids = tuple(sorted(r.id for r in live))
+        if self._homes[0] != ids:
+            self._homes = (ids, homes(self._adapters, ids))
+        return self._homes[1]
 
     # ----- the gateway ------------------------------------------------------------------------------
 
@@ -372,6 +390,28 @@ class ReplicaPool:
 
     def next_serial(self) -> int:
         return max((r.serial for r in self.replicas), default=0) + 1
+
+
+def homes(adapters: Iterable[str], replica_ids: Iterable[str]) -> dict[str, str]:
+    """Each adapter's home replica: its highest-weight replica (rendezvous hashing) that is not yet
+    home to its share, ``ceil(adapters / replicas)``. Every process computes the same answer from the
+    same adapters and replicas; a replica coming or going moves few adapters; and no replica is home
+    to more adapters than it must be (plain hashing can give one replica most of them, more than an
+    engine keeps resident, so it churns while others idle)."""
+    ids = list(replica_ids)
+    names = sorted(adapters)
+    if not ids:
+        return {}
+    share = math.ceil(len(names) / len(ids))
+    load = dict.fromkeys(ids, 0)
+    out: dict[str, str] = {}
+    for name in names:
+        for replica_id in sorted(ids, key=lambda r: _weight(name, r), reverse=True):
+            if load[replica_id] < share:
+                out[name] = replica_id
+                load[replica_id] += 1
+                break
+    return out
 
 
 def _weight(adapter: str, replica_id: str) -> int:

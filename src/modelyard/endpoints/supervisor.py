@@ -537,6 +537,7 @@ class Supervisor:
 
     async def _follow(self, pool: ReplicaPool, view: EndpointView) -> None:
         pool.workspace, pool.name, pool.max_lora_rank = view.workspace, view.name, view.max_lora_rank
+        pool.place(a.name for a in view.adapters)
         before = [(r.id, r.url) for r in pool.replicas]
         served = {r.url: r.record.get("served_name") for r in view.replicas}
         await pool.follow([(r.id, r.url, r.serial, r.adapters) for r in view.replicas],
@@ -609,6 +610,7 @@ class Supervisor:
         now = time.monotonic()
         restarts = self._restart(view.id)
         pool.workspace, pool.name, pool.max_lora_rank = view.workspace, view.name, view.max_lora_rank
+        pool.place(a.name for a in view.adapters)
         await asyncio.gather(*(r.handle.check() for r in pool.owned), return_exceptions=True)
         for replica in await pool.prune_dead():
             self._failed(restarts, now)
