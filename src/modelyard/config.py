@@ -66,9 +66,9 @@ class Settings(BaseSettings):
     endpoints to the others, which adopt their replicas."""
 
     routing: Literal["adapter_affinity", "least_loaded"] = "adapter_affinity"
-    """How the gateway picks a replica: ``adapter_affinity`` sends each adapter to the replica it hashes
-    to (the same one in every server process) unless that one is busier than the least loaded by
-    ``replica_target_in_flight`` requests; ``least_loaded`` always takes the least loaded."""
+    """How the gateway picks a replica: ``adapter_affinity`` sends each adapter to its home replica (the
+    same one in every server process, adapters spread evenly) unless that one is busier than the least
+    loaded by ``replica_target_in_flight`` requests; ``least_loaded`` always takes the least loaded."""
 
     max_file_size: int = 50 * 1024**3
     """Largest file one upload may store, in bytes (413 above it)."""
