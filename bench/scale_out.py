@@ -57,7 +57,6 @@ import httpx
 import psutil
 import sqlalchemy as sa
 
-from modelyard.client.client import upload_dir
 from modelyard.endpoints.pool import homes
 from modelyard.engine.fixtures import DEFAULT_TARGETS, build_fixture_set, build_random_adapters
 from tests.scale.cluster import Cluster, Server, engine_pids, wait_for
@@ -102,17 +101,6 @@ class BenchCluster(Cluster):
     _db: sa.Engine | None = None
 
     # ----- set-up ---------------------------------------------------------------------------------
-
-    def register_many(self, base: Path, adapters: dict[str, Path]) -> None:
-        storage = {"type": "s3", "bucket": self.bucket, "endpoint_url": self.s3_url}
-        with self.client(self.servers[0]) as ours:
-            for name, folder in (("tiny-files", base), *((f"{n}-files", d) for n, d in adapters.items())):
-                ours.filesets.create("default", name=name, storage=storage)
-                upload_dir(ours, folder, "default", name)
-            ours.models.create("default", name="tiny", fileset="default/tiny-files")
-            for name in adapters:
-                ours.adapters.create("default", model="default/tiny", name=name, fileset=f"{name}-files",
-                                     finetuning_type="lora")
 
     def http(self, server: Server, timeout: float = 120) -> httpx.Client:
         return httpx.Client(base_url=server.url, timeout=timeout,
@@ -455,7 +443,7 @@ def main() -> None:
             with BenchCluster(root / mode, size=3, lease_seconds=LEASE_SECONDS,
                               extra_env={"MODELYARD_ROUTING": mode, "MODELYARD_LOG_LEVEL": "WARNING"}) as cluster, \
                     keep_logs_on_failure(root / mode):
-                cluster.register_many(base, adapters)
+                cluster.register_checkpoint(base, adapters)
                 loads[mode] = run_load(cluster, names, args, max_loras=4)
                 print_load(mode, loads[mode])
                 if args.control:  # every adapter resident in every replica: no slot churn either way

@@ -125,15 +125,19 @@ class Cluster:
         return Modelyard(server.url, api_key=self.api_key)
 
     def register(self, fixture_models: dict[str, Path]) -> None:
-        """The fixture checkpoint and adapters as S3 filesets, registered through the first server."""
+        """The fixture checkpoint and its adapters, registered through the first server."""
+        self.register_checkpoint(fixture_models["base"], {a: fixture_models[a] for a in ADAPTERS})
+
+    def register_checkpoint(self, base: Path, adapters: dict[str, Path]) -> None:
+        """A checkpoint (model ``tiny``) and adapters (by name) as S3 filesets, registered through the
+        first server."""
         storage = {"type": "s3", "bucket": self.bucket, "endpoint_url": self.s3_url}
         with self.client(self.servers[0]) as ours:
-            for name, folder in (("tiny-files", fixture_models["base"]),
-                                 *((f"{a}-files", fixture_models[a]) for a in ADAPTERS)):
+            for name, folder in (("tiny-files", base), *((f"{n}-files", d) for n, d in adapters.items())):
                 ours.filesets.create("default", name=name, storage=storage)
                 upload_dir(ours, folder, "default", name)
             ours.models.create("default", name="tiny", fileset="default/tiny-files")
-            for name in ADAPTERS:
+            for name in adapters:
                 ours.adapters.create("default", model="default/tiny", name=name, fileset=f"{name}-files",
                                      finetuning_type="lora")
 

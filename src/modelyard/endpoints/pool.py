@@ -189,7 +189,6 @@ class ReplicaPool:
                 "in_flight": self.in_flight, "queued": self.waiting,
                 "replicas": {"ready": live, "lost": self.lost + len(owned) - live},
                 "followed": len(self.replicas) - len(owned),
-                "urls": [r.url for r in self.replicas if r.alive()],
                 "logs": [str(r.handle.log_path) for r in self.replicas if r.alive() and r.handle.log_path]}
 
     def pick(self, adapter: str | None = None) -> Replica | None:
@@ -344,12 +343,11 @@ class ReplicaPool:
         for replica in replicas:
             await replica.client.aclose()
 
-    async def release_all(self) -> list[Replica]:
+    def release_all(self) -> None:
         """Hand every owned replica over without stopping it (another process owns the endpoint now):
         they stay routable as followed replicas until the new owner's rows say otherwise."""
         for replica in self.replicas:
             replica.owned = False
-        return list(self.replicas)
 
     async def take_over(self, adopted: list[Replica]) -> None:
         """This process owns the endpoint now: ``adopted`` are the replicas it could adopt. A followed
@@ -388,8 +386,6 @@ class ReplicaPool:
         for gone in known.values():
             await gone.client.aclose()
 
-    def next_serial(self) -> int:
-        return max((r.serial for r in self.replicas), default=0) + 1
 
 
 def homes(adapters: Iterable[str], replica_ids: Iterable[str]) -> dict[str, str]:

@@ -53,7 +53,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -360,7 +360,7 @@ class Supervisor:
             pool = self.pool(view.id)
             restarts = self._restart(view.id)
             if view.id in lost:
-                await pool.release_all()
+                pool.release_all()
             if view.id in owned:
                 if restarts.task is None or restarts.task.done():
                     restarts.task = asyncio.create_task(self._reconcile_safely(pool, view.id, view.id in gained))
@@ -790,9 +790,8 @@ def _vanished_here(owner: str) -> bool:
     return False
 
 
-def _wall(seconds: float) -> Any:
-    from datetime import UTC, datetime
-
+def _wall(seconds: float) -> datetime:
+    """Wall-clock seconds as the naive UTC datetime the tables store."""
     return datetime.fromtimestamp(seconds, UTC).replace(tzinfo=None)
 
 

@@ -101,9 +101,6 @@ class ReplicaHandle(abc.ABC):
         """The local process id, for backends that run one on this machine."""
         return None
 
-    def detach(self) -> None:
-        """Forget the replica without stopping it (another process adopts it)."""
-
 
 async def answers_health(url: str, owner: str = "", *, timeout: float = 5.0) -> bool:
     """Whether the engine at ``url`` answers ``GET /health`` with 200 (as ``owner``, when given). One
