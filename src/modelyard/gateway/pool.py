@@ -1,10 +1,9 @@
-"""The gateway's pooled HTTP client for inference calls: one aiohttp session per server.
+"""The gateway's pooled HTTP client for inference calls: one :class:`~modelyard.gateway.http1.Http1Pool`
+per server (per event loop).
 
-aiohttp's client is what the gateway's hot path uses (httpx's pool costs several times more CPU per
-request and grows with concurrency: see ``bench/gateway_overhead.py --target provider``). Idle
-connections are dropped after two seconds, before a typical server's keep-alive timeout (uvicorn's
-is five), so no request goes out on a connection the other side is closing. Bodies are bytes made
-with orjson; the only change made to an answer is its ``model``.
+Idle connections are dropped after two seconds, before a typical server's keep-alive timeout
+(uvicorn's is five), so no request goes out on a connection the other side is closing. Bodies are
+bytes made with orjson; the only change made to an answer is its ``model``.
 """
 
 from __future__ import annotations
@@ -12,37 +11,30 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import aiohttp
-import orjson
+from modelyard.gateway import http1
 
-ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
+ERRORS = (http1.HttpError, OSError)
 """What a call through the pool can fail with on the network side."""
 
 
 class Pool:
     def __init__(self) -> None:
-        self._session: aiohttp.ClientSession | None = None
+        self._client: http1.Http1Pool | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def session(self) -> aiohttp.ClientSession:
-        """The session, made on first use inside the server's event loop (again if the loop changed:
-        a session belongs to the loop it was made in, and test clients may run each call in a new one)."""
+    def client(self) -> http1.Http1Pool:
+        """The client, made on first use inside the server's event loop (again if the loop changed:
+        connections belong to the loop they were made in, and test clients may run each call in a new one)."""
         loop = asyncio.get_running_loop()
-        if self._session is None or self._session.closed or self._loop is not loop:
+        if self._client is None or self._loop is not loop:
             self._loop = loop
-            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=2.0, ttl_dns_cache=300,
-                                             enable_cleanup_closed=False)
-            self._session = aiohttp.ClientSession(
-                connector=connector, auto_decompress=False, read_bufsize=2**20, max_line_size=2**20,
-                max_field_size=2**16, timeout=aiohttp.ClientTimeout(total=None, connect=10.0, sock_read=600.0),
-                skip_auto_headers=("User-Agent",), json_serialize=lambda value: orjson.dumps(value).decode(),
-            )
-        return self._session
+            self._client = http1.Http1Pool(connect_timeout=10.0, read_timeout=600.0, keepalive=2.0)
+        return self._client
 
     async def close(self) -> None:
-        session, self._session = self._session, None
-        if session is not None and not session.closed and self._loop is asyncio.get_running_loop():
-            await session.close()
+        client, self._client = self._client, None
+        if client is not None and self._loop is asyncio.get_running_loop():
+            await client.close()
 
 
 def of(state: Any) -> Pool:
@@ -56,10 +48,10 @@ def of(state: Any) -> Pool:
 def cause(exc: BaseException) -> str:
     """A network failure in words, named as the other clients name it (``ConnectError`` when no
     connection could be made, ``ReadTimeout`` when the answer stopped coming)."""
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"ConnectError: {exc.os_error or exc}"
-    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+    if isinstance(exc, http1.ConnectError):
+        return f"ConnectError: {exc}"
+    if isinstance(exc, http1.ReadTimeout | asyncio.TimeoutError):
         return "ReadTimeout"
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "RemoteProtocolError: the server closed the connection without answering"
+    if isinstance(exc, http1.RemoteProtocolError):
+        return f"RemoteProtocolError: {exc}"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

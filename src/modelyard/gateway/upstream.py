@@ -20,7 +20,6 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import httpx
 import orjson
 from fastapi import Request, Response
@@ -33,7 +32,7 @@ from modelyard.db import tables
 from modelyard.db.session import in_db
 from modelyard.errors import ApiError
 from modelyard.gateway import cache as caches
-from modelyard.gateway import pool
+from modelyard.gateway import http1, pool
 from modelyard.gateway import prompt as prompts
 from modelyard.gateway.sse import EventWatch, error_event, with_model
 from modelyard.observability.metrics import GatewayCall
@@ -299,7 +298,7 @@ async def _answer(upstream: httpx.Response, route: UpstreamRoute, model: str | N
 async def call(request: Request, route: UpstreamRoute, path: str, body: dict[str, Any], requested: str,
                call: GatewayCall | None = None) -> Response:
     """Send the OpenAI request ``body`` for ``requested`` to the route's upstream ``path`` (through the
-    gateway's aiohttp pool: this is the hot path), counting it in ``call`` when given."""
+    gateway's pooled HTTP/1.1 client: this is the hot path), counting it in ``call`` when given."""
     body = prompts.apply(body, route.prompt)  # a template that fails is a PromptError (400)
     if route.backend_format == "ANTHROPIC_MESSAGES":
         from modelyard.gateway import anthropic_upstream
@@ -314,21 +313,19 @@ async def call(request: Request, route: UpstreamRoute, path: str, body: dict[str
     if rid is not None:
         headers.setdefault("X-Request-ID", rid)
     try:
-        upstream = await pool.of(request.app.state).session().post(
-            join(route.base_url, path), data=orjson.dumps(route.body(body)), headers=headers)
+        upstream = await pool.of(request.app.state).client().request(
+            "POST", join(route.base_url, path), headers.items(), orjson.dumps(route.body(body)))
     except pool.ERRORS as exc:
         log.warning("upstream did not answer", extra={"upstream": route.label, "error": type(exc).__name__})
         raise _unreachable(route, exc) from None
-    media = upstream.headers.get("Content-Type", "application/json")
+    media = upstream.headers.get("content-type", "application/json")
     if media.startswith("text/event-stream"):
         return StreamingResponse(_relay_pooled(upstream, route, requested, call), status_code=upstream.status,
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
     try:
         content = await upstream.read()
     except pool.ERRORS as exc:
-        upstream.close()
         raise _unreachable(route, exc) from None
-    upstream.release()
     if upstream.status == 200:
         rewritten = with_model(content, requested)
         if rewritten is not None:
@@ -343,26 +340,23 @@ async def call(request: Request, route: UpstreamRoute, path: str, body: dict[str
     return Response(content, status_code=upstream.status, media_type=media)
 
 
-async def _relay_pooled(upstream: aiohttp.ClientResponse, route: UpstreamRoute, model: str,
+async def _relay_pooled(upstream: http1.Response, route: UpstreamRoute, model: str,
                         call: GatewayCall | None) -> AsyncIterator[bytes]:
     """An upstream's event stream, line by line as it arrives, ``model`` rewritten; a cut ends with an
     error event and ``[DONE]``. The connection goes back to the pool only after a complete stream."""
-    complete, outcome = False, "cancelled"
+    outcome: str | None = "cancelled"
     watch = EventWatch(model, call)
     try:
-        async for line in upstream.content:
+        async for line in upstream.lines():
             passed = watch.line(line)
             if passed is not None:
                 yield passed
-        complete, outcome = True, None
+        outcome = None
     except pool.ERRORS + (ValueError,) as exc:
         outcome = "engine_error"
         yield error_event(_unreachable(route, exc).body())
     finally:
-        if complete:
-            upstream.release()
-        else:
-            upstream.close()
+        upstream.close()  # a no-op after a complete stream (the connection is back in the pool)
         if call is not None:
             call.finish(upstream.status, outcome)
 
