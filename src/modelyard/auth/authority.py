@@ -5,9 +5,10 @@ auth state.
 Cost per request, measured by ``bench/gateway_overhead.py --auth``: a token seen before is not verified
 again (verified claims are cached by token); key states and role bindings are held in memory and
 reloaded only when the database's generation counter (``auth_generation``) moved, which every change
-to keys or bindings bumps in its own transaction. So the one database read per request is that
-counter, by primary key, which is also what makes a revocation in one server process refuse the key
-in every other process on its next request.
+to keys or bindings bumps in its own transaction. That counter is read at most every
+:data:`GENERATION_TTL_S` seconds, and at once after this process committed a change: a request with a
+known token touches no database, a change made through this process is in force before its answer
+goes out, and one made through another process within half a second.
 
 Access keys are ES256 JWTs (PyJWT over ``cryptography``) carrying ``jti``, ``sub`` (the principal),
 ``ws`` (the default workspace), ``scope`` and an optional ``exp``; the private half of each signing
@@ -19,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -42,6 +44,10 @@ ISSUER = "modelyard"
 AUDIENCE = "modelyard"
 ALGORITHM = "ES256"
 TOKEN_CACHE_SIZE = 10_000
+GENERATION_TTL_S = 0.5
+"""How long a read of the generation counter is trusted: requests are authenticated from memory in
+between, and a key revoked or a role removed through another server process is in force here within
+this time (a change made through this process is in force at once)."""
 BOOTSTRAP_PRINCIPAL = "admin"
 
 
@@ -125,6 +131,8 @@ class Authority:
         self._verifiers: dict[str, Any] = {}  # kid -> public key
         self._tokens: OrderedDict[str, _Claims] = OrderedDict()
         self._snapshot = _Snapshot()
+        self._fresh_until = 0.0  # monotonic time until which the snapshot's generation is trusted
+        self._seen_local = -1  # store.local_changes when the generation was last read
         self._lock = threading.Lock()
 
     # --- signing keys -----------------------------------------------------------------------------
@@ -283,10 +291,23 @@ class Authority:
             default_workspace=claims.get("ws"), entity_type=str(claims.get("ety", "USER")),
         )
 
+    def from_memory(self, token: str | None) -> bool:
+        """Whether :meth:`authenticate` can answer for ``token`` without the database (nor a signature
+        check): its snapshot is fresh and the token was verified before. Then it is safe on the event loop."""
+        return (token is not None and token in self._tokens and self._seen_local == store.local_changes
+                and time.monotonic() < self._fresh_until)
+
     def _current(self) -> _Snapshot:
-        """The snapshot for the database's current generation (reloaded when it moved)."""
-        generation = self._generation.read()
+        """The snapshot for the database's current generation (reloaded when it moved). The generation
+        is read at most every :data:`GENERATION_TTL_S` seconds, and at once after a change made by
+        this process (``store.local_changes``)."""
         snapshot = self._snapshot
+        now = time.monotonic()
+        if now < self._fresh_until and self._seen_local == store.local_changes and snapshot.generation >= 0:
+            return snapshot
+        seen = store.local_changes
+        generation = self._generation.read()
+        self._seen_local, self._fresh_until = seen, now + GENERATION_TTL_S
         if generation == snapshot.generation:
             return snapshot
         with self._lock, self.db.engine.connect() as conn:
@@ -315,3 +336,4 @@ class Authority:
     def invalidate(self) -> None:
         """Forget the snapshot (after this process changed keys or bindings, before it answers)."""
         self._snapshot = _Snapshot()
+        self._fresh_until = 0.0

@@ -113,7 +113,8 @@ class Authenticate:
         token = _token(headers)
         try:
             access = (await anyio.to_thread.run_sync(authority.authenticate, token)
-                      if authority.enabled and not authority.inline else authority.authenticate(token))
+                      if authority.enabled and not authority.inline and not authority.from_memory(token)
+                      else authority.authenticate(token))
         except AuthError as exc:
             if token is not None:  # a guess; a request with no key at all (a browser's favicon) guesses nothing
                 self.limiter.failed(client)

@@ -57,7 +57,8 @@ def list_access_keys(session: SessionDep, access: AccessDep, request: Request, p
 
 @router.delete(KEYS + "/{jti}", response_model=AccessKeyRevoked)
 def revoke_access_key(jti: str, session: SessionDep, access: AccessDep, request: Request) -> AccessKeyRevoked:
-    """Revoke a key for good: refused from the next request on, by every server process."""
+    """Revoke a key for good: refused from the next request on by this server process, and within half a
+    second by every other (``GENERATION_TTL_S``)."""
     return service.revoke_key(session, _authority(request), access, jti)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, event, select, update
 from sqlalchemy.orm import Session
 
 from modelyard.db.engine import insert_unique
@@ -21,9 +21,28 @@ def generation(conn: Connection | Session) -> int:
     return int(conn.execute(_GENERATION).scalar_one())
 
 
+local_changes = 0
+"""Commits in this process that moved the generation: an authority that saw a different count reads the
+generation at once instead of trusting its recent read (a change made here is in force before its
+answer goes out)."""
+
+
 def bump(session: Session) -> None:
     """Tell every server process that keys or bindings changed (in the caller's transaction)."""
     session.execute(update(AuthGeneration).where(AuthGeneration.id == 1).values(value=AuthGeneration.value + 1))
+    session.info["modelyard_auth_bumped"] = True
+
+
+@event.listens_for(Session, "after_commit")
+def _count_local_change(session: Session) -> None:
+    if session.info.pop("modelyard_auth_bumped", False):
+        global local_changes
+        local_changes += 1
+
+
+@event.listens_for(Session, "after_rollback")
+def _forget_local_change(session: Session) -> None:
+    session.info.pop("modelyard_auth_bumped", None)
 
 
 def signing_keys(session: Session) -> list[SigningKey]:
