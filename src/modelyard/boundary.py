@@ -26,6 +26,7 @@ from contextvars import ContextVar
 from typing import Any
 from urllib.parse import parse_qsl
 
+import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelyard.errors import ECHO_LIMIT, clip
@@ -41,6 +42,11 @@ _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 max_replicas_limit: ContextVar[int] = ContextVar("max_replicas_limit", default=8)
 """``MODELYARD_MAX_REPLICAS`` of the app serving the current request (set by :class:`RequestBoundary`
 for request-body validators, which cannot see the app's settings)."""
+
+
+PARSED = "json_body"
+"""Where in ``scope["state"]`` a JSON body that passed is left, parsed, for the gateway's hot routes
+(they would parse it again otherwise); routes with a declared body model parse their own."""
 
 
 class BodyRejected(Exception):
@@ -64,9 +70,12 @@ def parse_json(body: bytes) -> Any:
     """The body as JSON, with the boundary's rules; :class:`BodyRejected` when it breaks one.
     ``ValueError`` for a body that is not JSON at all (FastAPI words that error)."""
     try:
-        document = json.loads(body, parse_constant=_reject_constant)
-    except RecursionError:
-        raise BodyRejected(422, "json_depth", f"JSON nested deeper than {MAX_DEPTH} levels") from None
+        document = orjson.loads(body)  # strict JSON, fast; what it refuses is parsed the lenient way below
+    except orjson.JSONDecodeError:
+        try:
+            document = json.loads(body, parse_constant=_reject_constant)
+        except RecursionError:
+            raise BodyRejected(422, "json_depth", f"JSON nested deeper than {MAX_DEPTH} levels") from None
     check_document(document)
     return document
 
@@ -161,7 +170,7 @@ class RequestBoundary:
         body = b"".join(chunks)
         if body:
             try:
-                parse_json(body)
+                scope.setdefault("state", {})[PARSED] = parse_json(body)
             except BodyRejected as exc:
                 await self._reject(scope, send, exc.status, exc.kind, exc.message, loc=exc.loc, value=exc.value)
                 return

@@ -23,6 +23,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
 from modelyard.auth.deps import CallerWorkspace
+from modelyard.boundary import PARSED
 from modelyard.db.session import in_db
 from modelyard.endpoints.pool import Lease, NoReplica, Replica
 from modelyard.endpoints.supervisor import Supervisor
@@ -41,9 +42,13 @@ router = APIRouter(tags=["inference"])
 PREFIX = "/apis/inference-gateway/v2/workspaces/{workspace}/openai/-"
 RETRY_AFTER_S = 5
 _USAGE_IN_STREAM = ("/v1/chat/completions", "/v1/completions")
+_UNPARSED = object()
 
 
 async def _body(request: Request) -> dict[str, Any]:
+    parsed = request.scope.get("state", {}).get(PARSED, _UNPARSED)  # the boundary parsed it already
+    if parsed is not _UNPARSED:
+        return _checked(parsed)
     try:
         body = await request.json()
     except ValueError:

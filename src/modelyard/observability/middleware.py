@@ -82,10 +82,11 @@ class Observe:
             route = _route(scope)
             if route != "/metrics":
                 self.metrics.http(route, method, status, elapsed)
-            extra: dict[str, Any] = {"request_id": rid, "method": method, "path": scope["path"], "status": status,
-                                     "duration_ms": round(elapsed * 1000, 2)}
-            gateway = state.get("gateway")
-            if gateway is not None:
-                extra.update(gateway.summary() if hasattr(gateway, "summary") else gateway)
-            log.info("request", extra=extra)
+            if log.isEnabledFor(logging.INFO):  # the access log line (MODELYARD_LOG_LEVEL=INFO, the default)
+                extra: dict[str, Any] = {"request_id": rid, "method": method, "path": scope["path"],
+                                         "status": status, "duration_ms": round(elapsed * 1000, 2)}
+                gateway = state.get("gateway")
+                if gateway is not None:
+                    extra.update(gateway.summary() if hasattr(gateway, "summary") else gateway)
+                log.info("request", extra=extra)
             request_id.reset(token)
