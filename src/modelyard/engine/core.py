@@ -88,6 +88,8 @@ class Generation:
     finish_reason: str | None = None
     slot: int = 0
     position: int = 0
+    row: int = 0  # the static cache's row (static path)
+    prefilled: int = 0  # prompt tokens already in the cache (static path: prefill runs in chunks)
     generator: torch.Generator | None = None
 
     @property
@@ -107,6 +109,7 @@ class Engine:
         served_name: str | None = None,
         dtype: str | torch.dtype = "float32",
         kv_cache_bytes: int | None = None,
+        prefill_chunk: int = 512,
     ) -> None:
         self.model_path = str(model_path)
         self.served_name = served_name or self.model_path
@@ -123,6 +126,7 @@ class Engine:
         self.max_cpu_loras = max(max_cpu_loras if max_cpu_loras is not None else max_loras, max_loras)
         self.max_lora_rank = max_lora_rank
         self.max_batch = max_batch
+        self.prefill_chunk = max(1, int(prefill_chunk))  # prompt tokens per prefill pass (static path)
         self.layer_shapes = base_layer_shapes(self.model)
         self.bank = LoraBank(self.model, slots=max_loras, max_rank=max_lora_rank)
         _prepack_linears(self.model)
@@ -140,6 +144,7 @@ class Engine:
 
         self.pending: deque[Generation] = deque()
         self.running: list[Generation] = []
+        self.prefilling: list[Generation] = []  # static path: rows whose prompts are still being read
         self.cache: DynamicCache | None = None
         self.mask: torch.Tensor | None = None
         self.cond = threading.Condition()
@@ -218,7 +223,8 @@ class Engine:
         lock after every step would starve submitters)."""
         while True:
             with self.cond:
-                while not self.stopped and not self.pending and not self.running and not self.retired:
+                while (not self.stopped and not self.pending and not self.running and not self.prefilling
+                       and not self.retired):
                     self.cond.wait()
                 if self.stopped:
                     return
@@ -229,16 +235,18 @@ class Engine:
                 with torch.inference_mode():
                     self._retire(retired)
                     self._admit(incoming)
+                    if self.prefilling:
+                        self._prefill_packed()
                     if self.running:
                         self._decode_step() if not self.fast else self._decode_static()
             except Exception as exc:
                 log.exception("engine step failed")
-                for gen in self.running + incoming:
+                for gen in self.running + self.prefilling + incoming:
                     if gen.finish_reason is None:
                         gen.emit(("error", f"engine error: {exc}"))
-                self.running, self.cache, self.mask = [], None, None
+                self.running, self.prefilling, self.cache, self.mask = [], [], None, None
                 self.rows_per_slot.clear()
-                self.kv.prefill = None
+                self.kv.packed = None
 
     def _retire(self, names: set[str]) -> None:
         """Unloaded adapters leave their slots; one still in use is renamed so no new request
@@ -289,7 +297,7 @@ class Engine:
         waiting: list[Generation] = []
         kv_full = False  # once a request waits for KV cache, later ones wait behind it (no starvation)
         for gen in incoming:
-            if kv_full or len(self.running) >= self.max_batch:
+            if kv_full or len(self.running) + len(self.prefilling) >= self.max_batch:
                 waiting.append(gen)
                 continue
             if not gen.prompt_ids or len(gen.prompt_ids) >= self.max_context:
@@ -299,7 +307,7 @@ class Engine:
             if self.fast:
                 need = self._kv_bytes_with(gen)
                 if need > self.kv_cache_bytes:
-                    if self.running:  # wait for rows to finish and free KV cache
+                    if self.running or self.prefilling:  # wait for rows to finish and free KV cache
                         waiting.append(gen)
                         kv_full = True
                         continue
@@ -316,7 +324,7 @@ class Engine:
                 continue
             gen.slot = slot
             self.rows_per_slot[slot] = self.rows_per_slot.get(slot, 0) + 1
-            self._prefill(gen) if not self.fast else self._prefill_static(gen)
+            self._prefill(gen) if not self.fast else self._queue_prefill(gen)
         if waiting:
             with self.cond:
                 self.pending.extendleft(reversed(waiting))
@@ -371,29 +379,80 @@ class Engine:
         return min(len(gen.prompt_ids) + gen.params.max_tokens, self.max_context)
 
     def _kv_bytes_with(self, gen: Generation) -> int:
-        capacity = max([self._reserve(gen)] + [self._reserve(g) for g in self.running])
-        return self.kv.bytes_for(len(self.running) + 1, _round_up(capacity, self.max_context))
+        rows = self.running + self.prefilling
+        capacity = max([self._reserve(gen)] + [self._reserve(g) for g in rows])
+        return self.kv.bytes_for(len(rows) + 1, _round_up(capacity, self.max_context))
 
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor, **extra: Any) -> torch.Tensor:
         out = self.model(input_ids=ids, position_ids=positions, attention_mask=_NO_MASK,
                          use_cache=True, **{self._cache_arg: self.kv}, **extra)
         return out.logits
 
-    def _prefill_static(self, gen: Generation) -> None:
-        row, n = len(self.running), len(gen.prompt_ids)
-        capacity = max([self._reserve(gen)] + [self._reserve(g) for g in self.running])
-        self.kv.ensure(row + 1, _round_up(capacity, self.max_context), self.max_batch, self.kv_cache_bytes)
-        self.bank.set_rows([gen.slot])
-        self.kv.start_prefill(row, n)
+    def _queue_prefill(self, gen: Generation) -> None:
+        """Give ``gen`` the next free cache row; its prompt is read by the next prefill passes."""
+        rows = self.running + self.prefilling
+        capacity = max([self._reserve(gen)] + [self._reserve(g) for g in rows])
+        self.kv.ensure(len(rows) + 1, _round_up(capacity, self.max_context), self.max_batch, self.kv_cache_bytes)
+        gen.row, gen.prefilled = len(rows), 0
+        self.prefilling.append(gen)
+
+    def _prefill_packed(self) -> None:
+        """One forward pass over up to ``prefill_chunk`` prompt tokens of the waiting rows, first come first
+        served, packed into one sequence (each row's tokens at their own positions, with its own adapter; a
+        long prompt takes several passes, so running rows keep decoding in between). Each segment attends
+        to its row's earlier chunks and to itself only (see :meth:`StaticKV.start_packed`). Rows whose
+        prompt is complete get their first token and join the decode batch."""
+        budget, segments = self.prefill_chunk, []
+        for gen in self.prefilling:
+            if budget <= 0:
+                break
+            count = min(len(gen.prompt_ids) - gen.prefilled, budget)
+            segments.append((gen, gen.prefilled, count))
+            budget -= count
+        ids = [t for gen, start, count in segments for t in gen.prompt_ids[start:start + count]]
+        positions = torch.cat([torch.arange(start, start + count) for _, start, count in segments])
+        self.bank.set_rows([gen.slot for gen, _, count in segments for _ in range(count)])
+        last, offset = [], 0
+        for gen, start, count in segments:
+            offset += count
+            if start + count == len(gen.prompt_ids):
+                last.append(offset - 1)
+        self.kv.start_packed([(gen.row, start, count) for gen, start, count in segments])
         try:
-            logits = self._forward(torch.tensor([gen.prompt_ids]), torch.arange(n).unsqueeze(0), **self._keep_last)
+            logits = self._forward(torch.tensor([ids]), positions.unsqueeze(0),
+                                   logits_to_keep=torch.tensor(last, dtype=torch.long))[0]
         finally:
-            self.kv.prefill = None
-        gen.position = n
-        if self._advance(gen, logits[0, -1]):
-            self._release(gen)
-            return
-        self.running.append(gen)
+            self.kv.packed = None
+        done = [gen for gen, start, count in segments if start + count == len(gen.prompt_ids)]
+        for gen, start, count in segments:
+            gen.prefilled = start + count
+        greedy = [g.params.temperature <= 0 and not g.params.shapes_logits for g in done]
+        tokens = logits.argmax(-1).tolist() if any(greedy) else [None] * len(done)
+        for i, gen in enumerate(done):
+            gen.position = len(gen.prompt_ids)
+            finished = self._advance(gen, logits[i], token=tokens[i] if greedy[i] else None)
+            self.prefilling.remove(gen)
+            if finished:
+                self._release(gen)
+                self._compact()
+            else:  # into the decode batch: decode rows are the cache's first rows
+                target = len(self.running)
+                if gen.row != target:
+                    other = next(g for g in self.prefilling if g.row == target)
+                    self.kv.swap(gen.row, target)
+                    other.row, gen.row = gen.row, target
+                self.running.append(gen)
+
+    def _compact(self) -> None:
+        """Fill holes left by finished rows: decode rows stay rows 0..len(running)-1, rows still in
+        prefill take the rows right after them."""
+        used = len(self.running) + len(self.prefilling)
+        taken = {g.row for g in self.prefilling}
+        holes = [r for r in range(len(self.running), used) if r not in taken]
+        movers = sorted((g for g in self.prefilling if g.row >= used), key=lambda g: g.row)
+        for hole, gen in zip(holes, movers, strict=True):
+            self.kv.move(gen.row, hole)
+            gen.row = hole
 
     def _decode_static(self) -> None:
         rows = self.running
@@ -416,18 +475,22 @@ class Engine:
             if i != last:
                 self.kv.move(last, i)
                 self.running[i] = self.running[last]
+                self.running[i].row = i
             self.running.pop()
+        if done and self.prefilling:
+            self._compact()
 
     def _probe_static_path(self) -> bool:
         """Run a short prompt through the static-cache path and through a plain forward pass; use the
         static path only if the model calls its hooks (cache.update and transformers' attention
         interface, every layer) and the logits agree. Otherwise the generic path serves, correctly."""
         self._cache_arg = "cache" if "cache" in _parameters(self.model.forward) else "past_key_values"
-        self._keep_last = {"logits_to_keep": 1} if "logits_to_keep" in _parameters(self.model.forward) else {}
         layers = len(self.windows)
         n = min(min([w for w in self.windows if w] or [16]) + 4, self.max_context - 4, 64)
         ids = torch.arange(3, 3 + n + 3).remainder(self.vocab_size).unsqueeze(0)
         try:
+            if "logits_to_keep" not in _parameters(self.model.forward):  # prefill passes keep the rows' last logits
+                raise RuntimeError("the model's forward takes no logits_to_keep")
             attention = [m for m in self.model.modules() if hasattr(m, "layer_idx") and hasattr(m, "o_proj")]
             if len(attention) != layers:
                 raise RuntimeError(f"{len(attention)} attention modules for {layers} cache layers")
@@ -443,16 +506,18 @@ class Engine:
                         getattr(config, sub)._attn_implementation = _ATTENTION
                 self.kv.ensure(1, _round_up(n + 3, self.max_context), self.max_batch, self.kv_cache_bytes)
                 self.kv.calls = 0
-                self.kv.start_prefill(0, n)
-                got = [self._forward(ids[:, :n], torch.arange(n).unsqueeze(0))[0]]
-                self.kv.prefill = None
+                got = []
+                for start, end in ((0, n // 2), (n // 2, n)):  # in two chunks: the second reads the first's keys
+                    self.kv.start_packed([(0, start, end - start)])
+                    got.append(self._forward(ids[:, start:end], torch.arange(start, end).unsqueeze(0))[0])
+                self.kv.packed = None
                 for p in range(n, n + 3):
                     self.kv.start_decode(torch.tensor([p]))
                     got.append(self._forward(ids[:, p:p + 1], torch.tensor([[p]]))[0])
                 calls = self.kv.calls
             got_logits = torch.cat(got)
-            if calls != layers * 4:
-                raise RuntimeError(f"the attention hook ran {calls} times for {layers} layers x 4 passes")
+            if calls != layers * 5:
+                raise RuntimeError(f"the attention hook ran {calls} times for {layers} layers x 5 passes")
             tolerance = 1e-3 if self.dtype == torch.float32 else 5e-2
             scale = float(reference.abs().max()) or 1.0
             if not torch.allclose(got_logits.float(), reference.float(), atol=tolerance * scale, rtol=0):
@@ -466,7 +531,7 @@ class Engine:
             self.kv = StaticKV(self.windows)
             return False
         finally:
-            self.kv.prefill = None
+            self.kv.packed = None
 
     # ----- per-row token handling ----------------------------------------------------------------
 
@@ -609,9 +674,10 @@ def _prepack_linears(model: torch.nn.Module) -> int:
         try:
             packed = OneDnnLinear(module, keep_dense=module is head)
             probe = torch.linspace(-1, 1, module.in_features, dtype=module.weight.dtype).unsqueeze(0)
-            expected = F.linear(probe, module.weight, module.bias)
+            with torch.no_grad():
+                expected, got = F.linear(probe, module.weight, module.bias), packed(probe)
             scale = float(expected.abs().max()) or 1.0
-            if not torch.allclose(packed(probe), expected, atol=1e-2 * scale, rtol=0):
+            if not torch.allclose(got, expected, atol=1e-2 * scale, rtol=0):
                 raise RuntimeError("results differ from the default GEMM")
         except Exception as exc:  # noqa: BLE001 - keep the default GEMM
             log.info("%s stays on the default GEMM (%s)", name, exc)
@@ -633,6 +699,9 @@ def _static_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
                       attention_mask: torch.Tensor | None, **kwargs: Any) -> tuple[torch.Tensor, None]:
     """transformers' SDPA attention with the engine's mask for this layer (see :class:`StaticKV`)."""
     kv = getattr(module, "_modelyard_kv", None)
+    if kv is not None and kv.packed is not None:
+        kv.calls += 1
+        return kv.attend_packed(module, query, key, value, **kwargs)
     if kv is None or kv.masks is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     kv.calls += 1
@@ -648,7 +717,8 @@ class StaticKV:
     Position ``p`` of a row lives at column ``p % length``: a sliding layer's length is its window (a
     ring: it never holds more), a full layer's is the capacity, at least every running row's prompt
     plus max_tokens. transformers calls :meth:`update` from each attention layer; it writes the new
-    keys/values in place and returns what the layer attends over, with ``masks`` set for it.
+    keys/values in place and returns what the layer attends over, with ``masks`` set for it (decode),
+    or the pass's own keys/values, its rows' earlier ones kept aside for :meth:`attend_packed` (prefill).
     """
 
     def __init__(self, windows: list[int | None]) -> None:
@@ -658,7 +728,9 @@ class StaticKV:
         self.rows = 0
         self.capacity = 0
         self.shapes: tuple[int, int, torch.dtype] | None = None  # kv heads, head dim, dtype (seen at first use)
-        self.prefill: tuple[int, int] | None = None
+        self.packed: list[tuple[int, int, int]] | None = None  # prefill segments: (row, start, count)
+        self._earlier: list[tuple[torch.Tensor, torch.Tensor] | None] = []
+        self._segment_masks: dict[tuple[int, int, int, int | None], torch.Tensor | None] = {}
         self.masks: list[torch.Tensor | None] | None = None
         self.calls = 0
         self._decode: dict[int, tuple[torch.Tensor, int]] = {}
@@ -705,22 +777,54 @@ class StaticKV:
                 if tensor is not None:
                     tensor[dst] = tensor[src]
 
-    def start_prefill(self, row: int, n: int) -> None:
-        """One row's prompt of ``n`` tokens next: causal attention within the prompt (windowed on
-        sliding layers), its keys and values written to the row's columns."""
-        self.prefill = (row, n)
-        masks: list[torch.Tensor | None] = []
-        for window in self.windows:
-            if window is None or n <= window:
-                masks.append(None)  # plain causal attention (SDPA's is_causal)
-            else:
-                i = torch.arange(n)
-                masks.append(((i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < window))[None, None])
-        self.masks = masks
+    def swap(self, a: int, b: int) -> None:
+        for store in (self.keys, self.values):
+            for tensor in store:
+                if tensor is not None:
+                    tensor[[a, b]] = tensor[[b, a]]
+
+    def start_packed(self, segments: list[tuple[int, int, int]]) -> None:
+        """A prefill pass next: one packed sequence of segments ``(row, start, count)``, each the prompt
+        positions ``start .. start + count - 1`` of a row whose earlier positions are in the cache."""
+        self.masks = None
+        self.packed = segments
+        self._segment_masks = {}
+
+    def attend_packed(self, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                      **kwargs: Any) -> tuple[torch.Tensor, None]:
+        """SDPA for each segment of a packed pass apart: its queries over its row's earlier keys and its
+        own, causal (and windowed on sliding layers); no work is spent on other rows' keys."""
+        window = self.windows[module.layer_idx]
+        kwargs.pop("is_causal", None)
+        outputs, offset = [], 0
+        for (_, start, count), earlier in zip(self.packed, self._earlier, strict=True):
+            q = query[:, :, offset:offset + count]
+            k, v = key[:, :, offset:offset + count], value[:, :, offset:offset + count]
+            if earlier is not None:
+                k, v = torch.cat([earlier[0], k], dim=2), torch.cat([earlier[1], v], dim=2)
+            mask = self._segment_mask(start, count, k.shape[2] - count, window)
+            outputs.append(sdpa_attention_forward(module, q, k, v, mask, **kwargs)[0])
+            offset += count
+        return torch.cat(outputs, dim=1), None
+
+    def _segment_mask(self, start: int, count: int, earlier: int, window: int | None) -> torch.Tensor | None:
+        """Queries at ``start ..`` over keys at ``start - earlier ..``: causal, within the window; None where
+        SDPA's own causal mask is the same (no earlier keys, the window not reached)."""
+        if earlier == 0 and (window is None or count <= window):
+            return None
+        key = (start, count, earlier, window)
+        if key not in self._segment_masks:
+            q = torch.arange(start, start + count)[:, None]
+            k = torch.arange(start - earlier, start + count)[None, :]
+            mask = k <= q
+            if window is not None:
+                mask &= q - k < window
+            self._segment_masks[key] = mask[None, None]
+        return self._segment_masks[key]
 
     def start_decode(self, positions: torch.Tensor) -> None:
         """One token for each of the first ``len(positions)`` rows, at those positions."""
-        self.prefill = None
+        self.packed = None
         rows = positions.shape[0]
         if self._rows_index.shape[0] != rows:
             self._rows_index = torch.arange(rows)
@@ -748,15 +852,23 @@ class StaticKV:
                 store[layer_idx] = torch.zeros(self.rows, heads, self.length(layer_idx), dim, dtype=key_states.dtype)
         keys, values = self.keys[layer_idx], self.values[layer_idx]
         length = keys.shape[2]
-        if self.prefill is not None:
-            row, n = self.prefill
-            if n <= length:
-                keys[row, :, :n] = key_states[0]
-                values[row, :, :n] = value_states[0]
-            else:  # a ring shorter than the prompt keeps its last positions
-                columns = torch.arange(n - length, n).remainder(length)
-                keys[row, :, columns] = key_states[0, :, n - length:]
-                values[row, :, columns] = value_states[0, :, n - length:]
+        if self.packed is not None:
+            earlier: list[tuple[torch.Tensor, torch.Tensor] | None] = []
+            offset = 0
+            for row, start, count in self.packed:
+                low = max(0, start - length)  # a ring holds the last ``length`` positions before ``start``
+                if low < start:  # read before this pass overwrites the ring
+                    cols = torch.arange(low, start).remainder(length)
+                    earlier.append((keys[row][:, cols].unsqueeze(0), values[row][:, cols].unsqueeze(0)))
+                else:
+                    earlier.append(None)
+                first = max(start, start + count - length)  # a ring shorter than the segment keeps its end
+                cols = torch.arange(first, start + count).remainder(length)
+                new = slice(offset + first - start, offset + count)
+                keys[row][:, cols] = key_states[0, :, new]
+                values[row][:, cols] = value_states[0, :, new]
+                offset += count
+            self._earlier = earlier
             return key_states, value_states
         columns, used = self._decode[length]
         rows = self._rows_index

@@ -123,7 +123,7 @@ class LoraBank:
         self.version = 0
 
     def set_rows(self, slots: list[int]) -> None:
-        """Which slot each row of the next forward pass uses."""
+        """Which slot each row of the next forward pass uses (or each token, for a packed sequence)."""
         if slots == self.row_list:
             return
         self.row_list = list(slots)
@@ -244,14 +244,16 @@ class BatchedLoraLinear(nn.Module):
             if not self.active[shared]:
                 return y
             return y + (x @ self.a[shared]) @ self.b[shared]
-        if x.ndim == 3 and x.shape[1] == 1:
-            # decode (one token a row): two plain matmuls over the batch's distinct adapters side by side,
-            # each row's product masked to its own slot's columns (zeros elsewhere leave the sum exact);
-            # small batched bmm/baddbmm calls cost more than these on a CPU
+        tokens = x.numel() // x.shape[-1]
+        if tokens == len(bank.row_list):
+            # one slot per token (decode: one token a row; a packed prefill: the rows' tokens in one
+            # sequence): two plain matmuls over the batch's distinct adapters side by side, each token's
+            # product masked to its own slot's columns (zeros elsewhere leave the sum exact); small
+            # batched bmm/baddbmm calls cost more than these on a CPU
             a, b = self._stacked_weights()
-            flat = x.reshape(x.shape[0], x.shape[-1])
+            flat = x.reshape(tokens, x.shape[-1])
             mid = (flat @ a).mul_(bank.onehot(a.dtype))
-            return torch.addmm(y.reshape(y.shape[0], y.shape[-1]), mid, b).reshape(y.shape)
+            return torch.addmm(y.reshape(tokens, y.shape[-1]), mid, b).reshape(y.shape)
         a, b = self._weights()
         flat = x.reshape(x.shape[0], -1, x.shape[-1])  # [batch, tokens, in]
         out = torch.baddbmm(y.reshape(y.shape[0], -1, y.shape[-1]), torch.bmm(flat, a), b)
