@@ -26,7 +26,7 @@ from modelyard.audit.middleware import AuditTrail
 from modelyard.audit.router import router as audit_router
 from modelyard.auth.authority import BOOTSTRAP_PRINCIPAL, Authority
 from modelyard.auth.crypto import Keyring
-from modelyard.auth.middleware import Authenticate
+from modelyard.auth.middleware import Authenticate, FailureLimiter
 from modelyard.auth.policy import is_public
 from modelyard.auth.router import router as auth_router
 from modelyard.boundary import RequestBoundary
@@ -38,7 +38,7 @@ from modelyard.endpoints.supervisor import Supervisor
 from modelyard.errors import ECHO_LIMIT, ApiError, ServiceError, clip
 from modelyard.filesets.router import router as filesets_router
 from modelyard.gateway import pool as gateway_pool
-from modelyard.gateway.fast import FastInference, database_unavailable_response, error_response
+from modelyard.gateway.fast import HotPath, database_unavailable_response, error_response
 from modelyard.gateway.messages import router as messages_router
 from modelyard.gateway.registry import router as gateway_registry_router
 from modelyard.gateway.router import router as gateway_router
@@ -194,6 +194,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Registry and serving layer for fine-tuned models",
         lifespan=lifespan,
         separate_input_output_schemas=False,
+        # FastAPI's built-in OpenTelemetry looks up the global providers (environment reads) on every
+        # request even when none is configured; the server's own metrics are Prometheus (/metrics)
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     app.state.settings = settings
     app.state.metrics = ServerMetrics(enabled=settings.metrics == "on")
@@ -268,20 +271,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.exception("unhandled error", extra={"method": request.method, "path": request.url.path})
         return JSONResponse({"detail": "Internal server error"}, status_code=500)
 
-    app.add_middleware(FastInference)  # innermost: the two hot routes skip the router (gateway/fast.py)
-    app.add_middleware(
-        RequestBoundary, max_json_bytes=settings.max_json_bytes, max_replicas=settings.max_replicas,
-        openai_surface=_openai_surface,
-    )
+    boundary_options = {"max_json_bytes": settings.max_json_bytes, "max_replicas": settings.max_replicas,
+                        "openai_surface": _openai_surface}
+    auth_options = {
+        "authority": lambda: app.state.authority, "allowed_hosts": settings.allowed_hosts,
+        "failures_per_minute": settings.auth_failures_per_minute, "openai_surface": _openai_surface,
+        "trusted_workspaces": settings.trusted_fileset_workspaces,
+        "open_paths": frozenset() if settings.metrics_require_key else frozenset({"/metrics"}),
+        "limiter": FailureLimiter(settings.auth_failures_per_minute),  # one count of failures for both entries
+    }
+    app.add_middleware(RequestBoundary, **boundary_options)
     declare_error_responses(app)
     app.add_middleware(HttpMethods, routes=app.router.routes)
-    app.add_middleware(
-        Authenticate, authority=lambda: app.state.authority, allowed_hosts=settings.allowed_hosts,
-        failures_per_minute=settings.auth_failures_per_minute, openai_surface=_openai_surface,
-        trusted_workspaces=settings.trusted_fileset_workspaces,
-        open_paths=frozenset() if settings.metrics_require_key else frozenset({"/metrics"}),
-    )
+    app.add_middleware(Authenticate, **auth_options)
     app.add_middleware(AuditTrail)
+    # the two hot routes (gateway/fast.py): the same checks as Authenticate and RequestBoundary, then the proxy
+    app.add_middleware(HotPath, authenticate=Authenticate(None, **auth_options),  # type: ignore[arg-type]
+                       boundary=RequestBoundary(None, **boundary_options))  # type: ignore[arg-type]
     app.add_middleware(Observe, metrics=app.state.metrics)
     return app
 

@@ -23,7 +23,7 @@ import math
 import re
 from collections.abc import Callable
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
 
 import orjson
@@ -47,6 +47,37 @@ for request-body validators, which cannot see the app's settings)."""
 PARSED = "json_body"
 """Where in ``scope["state"]`` a JSON body that passed is left, parsed, for the gateway's hot routes
 (they would parse it again otherwise); routes with a declared body model parse their own."""
+
+
+PASS = object()
+""":meth:`RequestBoundary.check`: nothing to check in the body; the request goes on as it came."""
+GONE = object()
+""":meth:`RequestBoundary.check`: the client disconnected while its body was read."""
+
+
+class Rejection(NamedTuple):
+    """What :meth:`RequestBoundary.check` refuses a request with."""
+
+    status: int
+    kind: str
+    message: str
+    loc: tuple[Any, ...] = ()
+    value: Any = None
+    use_detail_list: bool = True
+
+
+def replay(body: bytes, receive: Receive) -> Receive:
+    """``receive`` for the app behind the boundary: the body already read, then the client's own messages."""
+    delivered = False
+
+    async def again() -> Message:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return again
 
 
 class BodyRejected(Exception):
@@ -136,57 +167,65 @@ class RequestBoundary:
             await self.app(scope, receive, send)
             return
         max_replicas_limit.set(self.max_replicas)
+        checked = await self.check(scope, receive)
+        if checked is GONE:
+            return
+        if isinstance(checked, Rejection):
+            await self.reject(scope, send, checked)
+            return
+        await self.app(scope, receive if checked is PASS else replay(checked, receive), send)
+
+    async def check(self, scope: Scope, receive: Receive) -> Rejection | bytes | object:
+        """Check an HTTP request (see the module docstring). :data:`PASS`: not a JSON body, hand the
+        request on as it is; the body (bytes), read whole and passed (its parsed document left in
+        ``state[PARSED]``); a :class:`Rejection` to answer; :data:`GONE` when the client went away."""
         path = scope.get("path", "")
         problem = _url_problem(scope)
         if problem:
-            await self._reject(scope, send, 400, "invalid_request", problem, use_detail_list=False)
-            return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        if scope["method"] not in _BODY_METHODS or _FILE_ROUTE.match(path) or not _is_json(headers.get("content-type")):
-            await self.app(scope, receive, send)
-            return
+            return Rejection(400, "invalid_request", problem, use_detail_list=False)
+        if scope["method"] not in _BODY_METHODS or _FILE_ROUTE.match(path):
+            return PASS
+        content_type = declared = None
+        for key, value in scope.get("headers", ()):
+            name = key.lower()
+            if name == b"content-type":
+                content_type = value.decode("latin-1")
+            elif name == b"content-length":
+                declared = value.decode("latin-1")
+        if not _is_json(content_type):
+            return PASS
         too_large = (
             f"The request body is larger than {self.max_json_bytes} bytes (MODELYARD_MAX_JSON_BYTES); "
             "upload large content as files instead"
         )
-        declared = headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_json_bytes:
-            await self._reject(scope, send, 413, "payload_too_large", too_large, use_detail_list=False)
-            return
+        if declared is not None and declared.isdigit() and int(declared) > self.max_json_bytes:
+            return Rejection(413, "payload_too_large", too_large, use_detail_list=False)
         chunks: list[bytes] = []
         size = 0
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                return
+                return GONE
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_json_bytes:
-                await self._reject(scope, send, 413, "payload_too_large", too_large, use_detail_list=False)
-                return
+                return Rejection(413, "payload_too_large", too_large, use_detail_list=False)
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
-        body = b"".join(chunks)
+        body = b"".join(chunks) if len(chunks) != 1 else chunks[0]
         if body:
             try:
                 scope.setdefault("state", {})[PARSED] = parse_json(body)
             except BodyRejected as exc:
-                await self._reject(scope, send, exc.status, exc.kind, exc.message, loc=exc.loc, value=exc.value)
-                return
+                return Rejection(exc.status, exc.kind, exc.message, loc=exc.loc, value=exc.value)
             except ValueError:
                 pass  # not JSON: FastAPI answers its own 422 (json_invalid)
+        return body
 
-        delivered = False
-
-        async def replay() -> Message:
-            nonlocal delivered
-            if not delivered:
-                delivered = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+    async def reject(self, scope: Scope, send: Send, rejection: Rejection) -> None:
+        await self._reject(scope, send, rejection.status, rejection.kind, rejection.message,
+                           use_detail_list=rejection.use_detail_list, loc=rejection.loc, value=rejection.value)
 
     async def _reject(
         self, scope: Scope, send: Send, status: int, kind: str, message: str, *,

@@ -250,9 +250,10 @@ def test_a_large_answer_is_read_whole_with_back_pressure() -> None:
     async def main() -> None:
         async def large(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
             await server.read_request(reader)
-            writer.write(answer(big))
-            await writer.drain()
-            await server.read_request(reader)
+            for _ in range(2):
+                writer.write(answer(big))
+                await writer.drain()
+                await server.read_request(reader)
             writer.write(answer(b"{}"))
 
         server = Server(large)
@@ -264,6 +265,8 @@ def test_a_large_answer_is_read_whole_with_back_pressure() -> None:
                 received += len(chunk)
                 await asyncio.sleep(0)  # a slow reader
             assert received == len(big)
+            whole = await pool.request("POST", url, [], b"{}")  # read() in one go: paused, resumed, whole
+            assert await whole.read() == big
             assert await (await pool.request("POST", url, [], b"{}")).read() == b"{}"
             assert server.connections == 1
             await pool.close()

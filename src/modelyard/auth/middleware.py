@@ -19,6 +19,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import NamedTuple
 
 import anyio
 from sqlalchemy.exc import SQLAlchemyError
@@ -75,16 +76,26 @@ def _host_allowed(host: str, allowed: frozenset[str]) -> bool:
         return False
 
 
+class Refusal(NamedTuple):
+    """What :meth:`Authenticate.admit` refuses a request with."""
+
+    status: int
+    message: str
+    code: str
+    headers: dict[str, str] | None = None
+
+
 class Authenticate:
     def __init__(self, app: ASGIApp, *, authority: Callable[[], Authority], allowed_hosts: list[str],
                  failures_per_minute: int, openai_surface: Callable[[str], bool],
-                 trusted_workspaces: list[str] | None = None, open_paths: frozenset[str] = frozenset()) -> None:
+                 trusted_workspaces: list[str] | None = None, open_paths: frozenset[str] = frozenset(),
+                 limiter: FailureLimiter | None = None) -> None:
         self.app = app
         self.open_paths = open_paths  # answered without a key by this deployment's choice (``/metrics``)
         self.authority = authority
         hostname = socket.gethostname().lower()
         self.allowed_hosts = frozenset({h.lower() for h in allowed_hosts} | {hostname, socket.getfqdn().lower()})
-        self.limiter = FailureLimiter(failures_per_minute)
+        self.limiter = limiter or FailureLimiter(failures_per_minute)  # shared with the gateway's hot path
         self.openai_surface = openai_surface
         self.trusted = frozenset(trusted_workspaces or ())
 
@@ -92,24 +103,30 @@ class Authenticate:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        refusal = await self.admit(scope)
+        if refusal is not None:
+            await self.refuse(scope, send, refusal)
+            return
+        await self.app(scope, receive, send)
+
+    async def admit(self, scope: Scope) -> Refusal | None:
+        """Check an HTTP request (see the module docstring): ``None`` when it may go on, with
+        ``state["access"]`` and ``state["workspace"]`` set; else what to answer (:meth:`refuse`)."""
         path: str = scope["path"]
         headers = dict(scope.get("headers") or [])
         host = headers.get(b"host", b"").decode("latin-1")
         if host and not _host_allowed(host, self.allowed_hosts):
-            await self._reject(scope, send, 400, f"Host '{host[:100]}' is not served here; add it to "
-                               "MODELYARD_ALLOWED_HOSTS if this server should answer to that name", "bad_host")
-            return
+            return Refusal(400, f"Host '{host[:100]}' is not served here; add it to MODELYARD_ALLOWED_HOSTS if "
+                           "this server should answer to that name", "bad_host")
         if is_public(path) or path in self.open_paths:
-            await self.app(scope, receive, send)
-            return
+            return None
         authority = self.authority()
         client = (scope.get("client") or ("unknown", 0))[0]
         if authority.enabled:
             wait = self.limiter.retry_after(client)
             if wait is not None:
-                await self._reject(scope, send, 429, "too many failed authentications from this address; retry "
-                                   f"in {wait} s", "rate_limited", {"Retry-After": str(wait)})
-                return
+                return Refusal(429, f"too many failed authentications from this address; retry in {wait} s",
+                               "rate_limited", {"Retry-After": str(wait)})
         token = _token(headers)
         try:
             access = (await anyio.to_thread.run_sync(authority.authenticate, token)
@@ -118,13 +135,11 @@ class Authenticate:
         except AuthError as exc:
             if token is not None:  # a guess; a request with no key at all (a browser's favicon) guesses nothing
                 self.limiter.failed(client)
-            await self._reject(scope, send, 401, f"Unauthorized: {exc.reason}", "unauthorized",
-                               {"WWW-Authenticate": 'Bearer realm="modelyard", error="invalid_token"'})
-            return
+            return Refusal(401, f"Unauthorized: {exc.reason}", "unauthorized",
+                           {"WWW-Authenticate": 'Bearer realm="modelyard", error="invalid_token"'})
         except SQLAlchemyError:
-            await self._reject(scope, send, 503, "the database is not reachable right now; retry shortly",
-                               "database_unavailable", {"Retry-After": "5"})
-            return
+            return Refusal(503, "the database is not reachable right now; retry shortly", "database_unavailable",
+                           {"Retry-After": "5"})
         header_ws = headers.get(WORKSPACE_HEADER)
         workspace = (header_ws.decode("latin-1") if header_ws else None) or access.principal.default_workspace \
             or "default"
@@ -138,9 +153,11 @@ class Authenticate:
             if need.role is not None and need.workspace is not None:
                 access.require(need.workspace, need.role, need.action)
         except ServiceError as exc:
-            await self._reject(scope, send, exc.status_code, exc.message, exc.code)
-            return
-        await self.app(scope, receive, send)
+            return Refusal(exc.status_code, exc.message, exc.code)
+        return None
+
+    async def refuse(self, scope: Scope, send: Send, refusal: Refusal) -> None:
+        await self._reject(scope, send, refusal.status, refusal.message, refusal.code, refusal.headers)
 
     async def _reject(self, scope: Scope, send: Send, status: int, message: str, code: str,
                       headers: dict[str, str] | None = None) -> None:

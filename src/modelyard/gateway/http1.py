@@ -130,7 +130,7 @@ class Response:
 
     async def _wait(self) -> None:
         """Until something new arrived (a chunk, the end, a failure) or the read timeout passed."""
-        loop = asyncio.get_running_loop()
+        loop = self._connection.loop
         waiter = self._waiter = loop.create_future()
         timer = loop.call_later(self._connection.read_timeout, _expire, waiter)
         try:
@@ -170,8 +170,23 @@ class Response:
         self.release()
 
     async def read(self) -> bytes:
-        """The whole body (the connection is released)."""
-        parts = [part async for part in self.chunks()]
+        """The whole body (the connection is released). A loop, not :meth:`chunks`: an async
+        generator per answer costs the event loop's bookkeeping of it."""
+        parts: list[bytes] = []
+        try:
+            while not self.complete:
+                if self.error is not None:
+                    raise self.error
+                if self._connection.paused:  # a large answer: take what is buffered, reading resumes
+                    parts.append(self._take())
+                else:
+                    await self._wait()
+        except BaseException:
+            self.close()
+            raise
+        if self._chunks:
+            parts.append(self._take())
+        self.release()
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def lines(self) -> AsyncIterator[bytes]:
@@ -215,6 +230,7 @@ class _Connection(asyncio.Protocol):
         self.origin = origin
         self.read_timeout = pool.read_timeout
         self.transport: asyncio.Transport | None = None
+        self.loop = asyncio.get_running_loop()
         self.parser = httptools.HttpResponseParser(self)
         self.response: Response | None = None
         self.alive = True
