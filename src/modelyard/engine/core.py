@@ -18,10 +18,11 @@ adapter is read again from its path when a request needs it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,6 +131,15 @@ class Engine:
         self.layer_shapes = base_layer_shapes(self.model)
         self.bank = LoraBank(self.model, slots=max_loras, max_rank=max_lora_rank)
         _prepack_linears(self.model)
+        # Decode steps run their small operations (norms, attention over a few rows, LoRA's rank-r
+        # matmuls, sampling) on one thread and only the large matmuls on all of them: waking the other
+        # threads for a 10-microsecond operation costs more than it saves, and far more when other work
+        # shares the cores. Prefill passes keep every thread throughout.
+        self.threads = torch.get_num_threads()
+        self.split_threads = True
+        for module in self.model.modules():
+            if isinstance(module, OneDnnLinear) and module.in_features * module.out_features >= _PARALLEL_WEIGHTS:
+                module.threads = self.threads
         self.kv_cache_bytes = int(kv_cache_bytes) if kv_cache_bytes else _default_kv_bytes()
         self.kv = StaticKV(self.windows)
         self.fast = self._probe_static_path()
@@ -459,7 +469,8 @@ class Engine:
         positions = torch.tensor([g.position for g in rows], dtype=torch.long)
         self.kv.start_decode(positions)
         self.bank.set_rows([g.slot for g in rows])
-        logits = self._forward(torch.tensor([[g.output_ids[-1]] for g in rows]), positions.unsqueeze(1))[:, -1]
+        with _intra_op_threads(1 if self.split_threads else self.threads):
+            logits = self._forward(torch.tensor([[g.output_ids[-1]] for g in rows]), positions.unsqueeze(1))[:, -1]
         self.steps += 1
         greedy = [g.params.temperature <= 0 and not g.params.shapes_logits for g in rows]
         tokens = logits.argmax(-1).tolist() if any(greedy) else [None] * len(rows)  # one op for the batch
@@ -642,6 +653,8 @@ class OneDnnLinear(torch.nn.Linear):
     share it); otherwise a zero-stride stand-in of the same shape and dtype replaces it, so the weights
     are not held twice."""
 
+    threads = 0  # intra-op threads for this layer's matmul (0: whatever is set); see Engine._decode_static
+
     def __init__(self, dense: torch.nn.Linear, *, batch_hint: int = 8, keep_dense: bool = False) -> None:
         super().__init__(dense.in_features, dense.out_features, bias=False, device="meta")
         with torch.inference_mode(False), torch.no_grad():
@@ -658,7 +671,26 @@ class OneDnnLinear(torch.nn.Linear):
         if x.dtype != self.weight.dtype or x.numel() == 0:
             weight = self.weight if self.dense else self.packed.to_dense()
             return F.linear(x.to(weight.dtype), weight, self.bias).to(x.dtype)
+        if self.threads:
+            with _intra_op_threads(self.threads):
+                return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+
+
+@contextlib.contextmanager
+def _intra_op_threads(threads: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    if before == threads:
+        yield
+        return
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+_PARALLEL_WEIGHTS = 1 << 18  # weights of a layer whose decode matmul runs on every thread (1 MiB in fp32)
 
 
 def _prepack_linears(model: torch.nn.Module) -> int:
