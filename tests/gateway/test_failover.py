@@ -1,23 +1,27 @@
 """Gateway failover without engines: a replica that is gone before answering is retried once on
 another live replica; a stream that is cut or ends without ``[DONE]`` ends with an error event.
-(The same with real engine processes is in tests/endpoints/test_serving.py.)"""
+Replicas here are small scripted TCP servers (the gateway's own HTTP client talks to them as to an
+engine). (The same with real engine processes is in tests/endpoints/test_serving.py.)"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
-import httpx
 import pytest
 
 from modelyard.endpoints.pool import Lease, Replica, ReplicaPool
 from modelyard.engine.backends import ReplicaHandle
 from modelyard.engine.client import EngineClient
 from modelyard.errors import ApiError
+from modelyard.gateway import http1
 from modelyard.gateway.router import _relay, _send
+
+Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
 @dataclass
@@ -55,13 +59,33 @@ def dead_replica() -> Replica:
     return Replica(url, FakeHandle(url), EngineClient(url))
 
 
-def mock_replica(handler: Callable[[httpx.Request], httpx.Response], calls: list[str]) -> Replica:
-    def counted(request: httpx.Request) -> httpx.Response:
-        calls.append(request.url.path)
-        return handler(request)
+async def read_request(reader: asyncio.StreamReader) -> str:
+    """The request's path (its body read and dropped)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+    await reader.readexactly(length)
+    return head.split(b" ")[1].decode()
 
-    http = httpx.AsyncClient(transport=httpx.MockTransport(counted))
-    return Replica(f"replica-{len(calls)}-{id(http)}", FakeHandle(), EngineClient("http://replica", http=http))
+
+@contextlib.asynccontextmanager
+async def scripted_replica(script: Script, calls: list[str]) -> AsyncIterator[Replica]:
+    """A replica whose server runs ``script`` on each connection after reading the request."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            calls.append(await read_request(reader))
+            await script(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        yield Replica(url, FakeHandle(url), EngineClient(url))
+    finally:
+        server.close()
 
 
 def pool_of(*replicas: Replica) -> ReplicaPool:
@@ -78,27 +102,51 @@ async def leased(pool: ReplicaPool, replica: Replica) -> Lease:
     return lease
 
 
-def answer(_: httpx.Request) -> httpx.Response:
-    return httpx.Response(200, json={"id": "c1", "model": "m", "choices": []})
+async def answer(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    body = json.dumps({"id": "c1", "model": "m", "choices": []}).encode()
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                 % (len(body), body))
+    await writer.drain()
 
 
 def test_a_replica_refusing_connections_is_retried_on_another() -> None:
     calls: list[str] = []
-    dead, good = dead_replica(), mock_replica(answer, calls)
-    pool = pool_of(dead, good)
     supervisor = FakeSupervisor()
 
     async def go() -> None:
-        lease = await leased(pool, dead)
-        response = await _send(supervisor, lease, "/v1/completions", {"model": "m"})  # type: ignore[arg-type]
-        assert lease.replica is good and response.status_code == 200
-        assert (dead.in_flight, good.in_flight) == (0, 1)  # the lease holds it until the answer is read
-        await response.aclose()
-        lease.release()
-        assert good.in_flight == 0
+        async with scripted_replica(answer, calls) as good:
+            dead = dead_replica()
+            pool = pool_of(dead, good)
+            lease = await leased(pool, dead)
+            client = http1.Http1Pool()
+            response = await _send(supervisor, lease, "/v1/completions", {"model": "m"},  # type: ignore[arg-type]
+                                    client=client)
+            assert lease.replica is good and response.status == 200
+            assert (dead.in_flight, good.in_flight) == (0, 1)  # the lease holds it until the answer is read
+            assert json.loads(await response.read())["id"] == "c1"
+            lease.release()
+            assert good.in_flight == 0
 
     asyncio.run(go())
     assert calls == ["/v1/completions"] and supervisor.wakes == 1
+
+
+def test_a_replica_that_closes_without_answering_is_retried_on_another() -> None:
+    calls: list[str] = []
+
+    async def hang_up(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        return  # the request was read; the connection is closed with no answer (an engine that died)
+
+    async def go() -> None:
+        async with scripted_replica(hang_up, calls) as gone, scripted_replica(answer, calls) as good:
+            lease = await leased(pool_of(gone, good), gone)
+            response = await _send(FakeSupervisor(), lease, "/v1/completions", {},  # type: ignore[arg-type]
+                                   client=http1.Http1Pool())
+            assert lease.replica is good and response.status == 200
+            await response.read()
+
+    asyncio.run(go())
+    assert calls == ["/v1/completions", "/v1/completions"]
 
 
 def test_no_other_live_replica_is_503_with_retry_after() -> None:
@@ -107,7 +155,8 @@ def test_no_other_live_replica_is_503_with_retry_after() -> None:
     pool = pool_of(dead, other)
 
     async def go() -> None:
-        await _send(FakeSupervisor(), await leased(pool, dead), "/v1/completions", {})  # type: ignore[arg-type]
+        await _send(FakeSupervisor(), await leased(pool, dead), "/v1/completions", {},  # type: ignore[arg-type]
+                    client=http1.Http1Pool())
 
     with pytest.raises(ApiError) as raised:
         asyncio.run(go())
@@ -121,7 +170,8 @@ def test_only_one_retry() -> None:
     pool = pool_of(first, second, third)
 
     async def go() -> None:
-        await _send(FakeSupervisor(), await leased(pool, first), "/v1/completions", {})  # type: ignore[arg-type]
+        await _send(FakeSupervisor(), await leased(pool, first), "/v1/completions", {},  # type: ignore[arg-type]
+                    client=http1.Http1Pool())
 
     with pytest.raises(ApiError) as raised:
         asyncio.run(go())
@@ -133,43 +183,41 @@ def test_a_read_timeout_is_not_retried() -> None:
     """The engine may be generating the answer: sending the request again would run it twice."""
     calls: list[str] = []
 
-    def slow(request: httpx.Request) -> httpx.Response:
-        raise httpx.ReadTimeout("timed out", request=request)
-
-    busy, other = mock_replica(slow, calls), mock_replica(answer, calls)
-    pool = pool_of(busy, other)
+    async def slow(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(5)
 
     async def go() -> None:
-        await _send(FakeSupervisor(), await leased(pool, busy), "/v1/completions", {})  # type: ignore[arg-type]
+        async with scripted_replica(slow, calls) as busy, scripted_replica(answer, calls) as other:
+            pool = pool_of(busy, other)
+            await _send(FakeSupervisor(), await leased(pool, busy), "/v1/completions", {},  # type: ignore[arg-type]
+                        client=http1.Http1Pool(read_timeout=0.3))
 
     with pytest.raises(ApiError) as raised:
         asyncio.run(go())
-    assert raised.value.status_code == 503 and calls == ["/v1/completions"]
-
-
-class CutStream(httpx.AsyncByteStream):
-    def __init__(self, chunks: list[bytes], cut: bool) -> None:
-        self.chunks, self.cut = chunks, cut
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for chunk in self.chunks:
-            yield chunk
-        if self.cut:
-            raise httpx.RemoteProtocolError("peer closed connection without sending complete message body")
+    assert raised.value.status_code == 503 and "ReadTimeout" in raised.value.message
+    assert calls == ["/v1/completions"]
 
 
 def relayed(chunks: list[bytes], *, cut: bool) -> tuple[list[str], Replica]:
-    def stream(_: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=CutStream(chunks, cut))
+    async def stream(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for chunk in chunks:
+            writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            await writer.drain()
+        if not cut:
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+        # cut: the connection closes in the middle of the chunked body
 
-    replica = mock_replica(stream, [])
+    async def go() -> tuple[bytes, Replica]:
+        async with scripted_replica(stream, []) as replica:
+            lease = await leased(pool_of(replica), replica)
+            response = await _send(FakeSupervisor(), lease, "/v1/completions", {},  # type: ignore[arg-type]
+                                   client=http1.Http1Pool())
+            return b"".join([part async for part in _relay(response, lease, "asked")]), replica
 
-    async def go() -> bytes:
-        lease = await leased(pool_of(replica), replica)
-        response = await _send(FakeSupervisor(), lease, "/v1/completions", {})  # type: ignore[arg-type]
-        return b"".join([part async for part in _relay(response, lease, "asked")])
-
-    body = asyncio.run(go()).decode()
+    raw, replica = asyncio.run(go())
+    body = raw.decode()
     # SSE: events are separated by a blank line; an event's data is its data: lines joined by "\n"
     events = ["\n".join(line[6:] for line in block.split("\n") if line.startswith("data: "))
               for block in body.split("\n\n")]

@@ -99,6 +99,7 @@ def test_chunked_event_stream_read_line_by_line() -> None:
             response = await pool.request("POST", url + "/s", [], b"{}")
             lines = [line async for line in response.lines()]
             assert lines == [b'data: {"a":1}\n', b"\n", b"data: [DONE]\n", b"\n"]
+            response.close()  # nothing: a complete answer's connection went back to the pool
             again = await pool.request("POST", url + "/s", [], b"{}")
             assert await again.read() == b"{}" and server.connections == 1
             await pool.close()

@@ -52,7 +52,12 @@ class ReadTimeout(HttpError):
 
 
 class RemoteProtocolError(HttpError):
-    """The server closed the connection, or sent something that is not HTTP/1.1."""
+    """The server closed the connection, or sent something that is not HTTP/1.1. ``answered``: whether
+    any byte of an answer had come (if not, the server cannot have started on the request)."""
+
+    def __init__(self, message: str, *, answered: bool = True) -> None:
+        super().__init__(message)
+        self.answered = answered
 
 
 class InvalidRequest(HttpError):
@@ -95,6 +100,7 @@ class Response:
         self.keep_alive = False
         self.error: HttpError | None = None
         self.got_bytes = False
+        self._released = False
 
     @property
     def headers(self) -> dict[str, str]:
@@ -208,13 +214,19 @@ class Response:
 
     def release(self) -> None:
         """Give the connection back when the answer was read whole and may be kept; else close it."""
+        if self._released:
+            return
+        self._released = True
         if self.complete and self.keep_alive and not self._chunks:
             self._connection.idle()
         else:
             self._connection.close()
 
     def close(self) -> None:
-        self._connection.close()
+        """Close the connection unless it was released already (then this is nothing)."""
+        if not self._released:
+            self._released = True
+            self._connection.close()
 
 
 def _expire(waiter: asyncio.Future[None]) -> None:
@@ -268,7 +280,7 @@ class _Connection(asyncio.Protocol):
             response._finish()  # a body delimited by the connection's end: this is its end
             return
         if not response.got_bytes:
-            response._fail(RemoteProtocolError("the server closed the connection without answering"))
+            response._fail(RemoteProtocolError("the server closed the connection without answering", answered=False))
         else:
             response._fail(RemoteProtocolError("the server closed the connection in the middle of the answer"))
 

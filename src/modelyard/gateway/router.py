@@ -29,7 +29,8 @@ from modelyard.endpoints.pool import Lease, NoReplica, Replica
 from modelyard.endpoints.supervisor import Supervisor
 from modelyard.errors import ApiError
 from modelyard.gateway import cache as caches
-from modelyard.gateway import virtual
+from modelyard.gateway import http1, virtual
+from modelyard.gateway import pool as gateway_pool
 from modelyard.gateway.prompt import apply as apply_prompt
 from modelyard.gateway.registry import call_registry
 from modelyard.gateway.registry import listed as registry_models
@@ -161,27 +162,28 @@ async def _forward(request: Request, supervisor: Supervisor, target: Target, pat
             client_usage = isinstance(options, dict) and options.get("include_usage") is True
             if not client_usage:
                 sent["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
-        headers = {"X-Request-ID": request.state.request_id} if "request_id" in request.scope.get("state", {}) else None
-        upstream = await _send(supervisor, lease, path, sent, headers, base_model=adapter is None)
+        rid = request.scope.get("state", {}).get("request_id")
+        headers = {"X-Request-ID": rid} if rid is not None else None
+        upstream = await _send(supervisor, lease, path, sent, headers, base_model=adapter is None,
+                               client=gateway_pool.of(request.app.state).client())
         assert lease.replica is not None
         call.replica = lease.replica.url
         is_stream = upstream.headers.get("content-type", "").startswith("text/event-stream")
         if is_stream:
             lease.keep()  # released by the relay when the stream ends
             return StreamingResponse(_relay(upstream, lease, requested, call, client_usage),
-                                     status_code=upstream.status_code,
+                                     status_code=upstream.status,
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         try:
-            content = await upstream.aread()
-        except httpx.HTTPError as exc:
+            content = await upstream.read()
+        except gateway_pool.ERRORS as exc:
             supervisor.wake()
-            raise ApiError(503, f"the engine replica stopped while answering: {exc!r}", code="engine_unavailable",
-                           kind="service_unavailable", retry_after=RETRY_AFTER_S) from None
-        finally:
-            await upstream.aclose()
+            raise ApiError(503, f"the engine replica stopped while answering: {gateway_pool.cause(exc)}",
+                           code="engine_unavailable", kind="service_unavailable",
+                           retry_after=RETRY_AFTER_S) from None
     finally:
         await lease.__aexit__(None, None, None)
-    if upstream.status_code == 200:
+    if upstream.status == 200:
         try:
             payload = orjson.loads(content)
             payload["model"] = requested
@@ -191,11 +193,11 @@ async def _forward(request: Request, supervisor: Supervisor, target: Target, pat
             call.tokens(payload.get("usage"))
             call.finish(200)
             return Response(orjson.dumps(payload), media_type="application/json")
-    call.finish(upstream.status_code)
-    if upstream.status_code >= 400:
-        return Response(_openai_error(content, upstream.status_code), status_code=upstream.status_code,
+    call.finish(upstream.status)
+    if upstream.status >= 400:
+        return Response(_openai_error(content, upstream.status), status_code=upstream.status,
                         media_type="application/json")
-    return Response(content, status_code=upstream.status_code,
+    return Response(content, status_code=upstream.status,
                     media_type=upstream.headers.get("content-type", "application/json"))
 
 
@@ -239,24 +241,23 @@ async def forward_to_endpoint(request: Request, endpoint_id: str, path: str) -> 
                              media_type=upstream.headers.get("content-type", "application/json"))
 
 
-def _retryable(exc: httpx.HTTPError) -> bool:
+def _retryable(exc: BaseException) -> bool:
     """True when the engine cannot have started on the request: no connection, or the connection was
-    refused, reset or closed before any response (a read timeout may mean it is still generating)."""
-    return isinstance(exc, httpx.TransportError) and not isinstance(
-        exc, httpx.ReadTimeout | httpx.WriteTimeout)
+    closed before any byte of an answer (a read timeout may mean it is still generating)."""
+    return isinstance(exc, http1.ConnectError) or (isinstance(exc, http1.RemoteProtocolError) and not exc.answered)
 
 
-async def _open(replica: Replica, path: str, body: dict[str, Any],
-                headers: dict[str, str] | None = None) -> httpx.Response:
-    """Send the request to one replica and hand back the response unread (the caller closes it)."""
-    http = replica.client.http
-    built = http.build_request("POST", replica.client.base_url + path, json=body, headers=headers)
-    return await http.send(built, stream=True)
+async def _open(client: http1.Http1Pool, replica: Replica, path: str, body: dict[str, Any],
+                headers: dict[str, str] | None = None) -> http1.Response:
+    """Send the request to one replica and hand back the response unread (the caller reads or closes it)."""
+    sent = [("Content-Type", "application/json"), *(headers or {}).items()]
+    return await client.request("POST", replica.client.base_url + path, sent, orjson.dumps(body))
 
 
 async def _send(supervisor: Supervisor, lease: Lease, path: str, body: dict[str, Any],
-                headers: dict[str, str] | None = None, *, base_model: bool = False) -> httpx.Response:
-    """Send to the leased replica; if it dies before answering anything (connection refused or reset
+                headers: dict[str, str] | None = None, *, base_model: bool = False,
+                client: http1.Http1Pool) -> http1.Response:
+    """Send to the leased replica; if it dies before answering anything (connection refused or closed
     before the response started), switch the lease to another live replica of the endpoint and send
     once more. A request for the base model goes out under the name that replica serves it by."""
     while True:
@@ -264,16 +265,17 @@ async def _send(supervisor: Supervisor, lease: Lease, path: str, body: dict[str,
         assert replica is not None
         served = replica.handle.served_name if base_model else None
         try:
-            return await _open(replica, path, {**body, "model": served} if served else body, headers)
-        except httpx.HTTPError as exc:
+            return await _open(client, replica, path, {**body, "model": served} if served else body, headers)
+        except gateway_pool.ERRORS as exc:
             supervisor.wake()  # the replica may have died; let the supervisor look
             first = not lease.tried
-            log.warning("replica did not answer", extra={"url": replica.url, "error": repr(exc),
+            cause = gateway_pool.cause(exc)
+            log.warning("replica did not answer", extra={"url": replica.url, "error": cause,
                                                          "retry": _retryable(exc) and first})
             if not _retryable(exc) or not first or lease.switch() is None:
                 reason = ("no other replica is live to retry on" if _retryable(exc) and first
                           else "the retry failed too" if not first else "it stopped answering")
-                raise ApiError(503, f"engine replica at {replica.url} is unreachable ({exc!r}); "
+                raise ApiError(503, f"engine replica at {replica.url} is unreachable ({cause}); "
                                     f"{reason}; retry shortly", code="engine_unavailable",
                                kind="service_unavailable", retry_after=RETRY_AFTER_S) from None
 
@@ -319,7 +321,7 @@ def _openai_error(content: bytes, status: int) -> bytes:
     }}).encode()
 
 
-async def _relay(upstream: httpx.Response, lease: Lease, model: str, call: GatewayCall | None = None,
+async def _relay(upstream: http1.Response, lease: Lease, model: str, call: GatewayCall | None = None,
                  client_usage: bool = True) -> AsyncIterator[bytes]:
     """Pass the engine's events on (:class:`~modelyard.gateway.sse.EventWatch`'s rules); if the engine
     goes away mid-stream (or the stream ends without ``[DONE]``), end with an error event in OpenAI's
@@ -330,24 +332,24 @@ async def _relay(upstream: httpx.Response, lease: Lease, model: str, call: Gatew
     problem: str | None = None
     outcome = "cancelled"  # unless the loop ends: the client went away mid-stream
     try:
-        async for line in upstream.aiter_lines():
-            passed = watch.line((line + "\n").encode())
+        async for line in upstream.lines():
+            passed = watch.line(line)
             if passed is not None:
                 yield passed
-        if not watch.done and upstream.status_code == 200:
+        if not watch.done and upstream.status == 200:
             problem = "the engine replica ended the stream without [DONE]"
         outcome = "engine_error" if problem else None
-    except httpx.HTTPError as exc:
+    except gateway_pool.ERRORS as exc:
         if not watch.done:
-            problem = f"the engine replica stopped while streaming: {exc!r}"
+            problem = f"the engine replica stopped while streaming: {gateway_pool.cause(exc)}"
             outcome = "engine_error"
         else:
             outcome = None
     finally:
-        await upstream.aclose()
+        upstream.close()  # nothing after a complete stream: its connection went back to the pool
         lease.release()
         if call is not None:
-            call.finish(upstream.status_code, outcome)
+            call.finish(upstream.status, outcome)
     if problem is not None:
         yield error_event({"error": {"message": problem, "type": "engine_error", "param": None,
                                      "code": "engine_unavailable"}})
