@@ -11,7 +11,6 @@ import pytest
 from fastapi.testclient import TestClient
 
 from modelyard.client import Modelyard
-
 from modelyard.gateway import fast
 
 PATH = "/v1/chat/completions"
