@@ -1,5 +1,5 @@
-"""OpenAI event streams as the gateway relays them: one set of rules for every relay (engine replicas,
-registry models over httpx or the pooled aiohttp client).
+"""OpenAI event streams as the gateway relays them: one set of rules for every relay (engine replicas
+and registry models, both over the gateway's HTTP/1.1 client, and registry models reached over httpx).
 
 Each line is passed on as it arrives, with the chunk's ``model`` set to the name the client used;
 the stream's token usage and the time of its first token are counted on the way; the usage chunk the
