@@ -1,15 +1,18 @@
 """The scheduler: continuous batching of requests for many adapters over one base model.
 
-One thread owns the model. Each loop turn it admits waiting requests (a prefill each, alone), merges
-their KV caches into the running batch, and runs one decode step for every running row at once;
-requests join and leave between steps. The batch cache is left-padded to a common length with an
-attention mask, and each row carries its own position ids, so a row's numbers do not depend on
-its neighbours. Rows of one step may use different adapters: see :mod:`modelyard.engine.lora`.
+One thread owns the model. Each loop turn it admits waiting requests, reads up to ``prefill_chunk``
+of their prompt tokens in one packed pass, and runs one decode step for every running row at once;
+requests join and leave between steps, and each row carries its own position ids, so a row's numbers
+do not depend on its neighbours. Rows of one step may use different adapters: see
+:mod:`modelyard.engine.lora`. Models with the attention hooks run on a preallocated cache
+(:class:`StaticKV`, "the static-cache path" below); others on the generic path, where each prompt is
+prefilled alone and merged into a left-padded batch cache with an attention mask.
 
 Caches are built from the model's config, so a sliding-window layer (Gemma 3, Mistral) keeps only
-the last ``sliding_window - 1`` columns, as ``transformers`` keeps them, and the cache surgery that
-merges and drops rows keeps each layer's kind (see :meth:`Engine._merge`). A request stops on any
-eos id of the checkpoint's ``generation_config.json``, its config and its tokenizer.
+its window (a ring in :class:`StaticKV`; on the generic path the last ``sliding_window - 1`` columns,
+as ``transformers`` keeps them, and the cache surgery that merges and drops rows keeps each layer's
+kind, see :meth:`Engine._merge`). A request stops on any eos id of the checkpoint's
+``generation_config.json``, its config and its tokenizer.
 
 Adapter tiers, as in vLLM: ``max_loras`` adapters are resident in the batched weights; up to
 ``max_cpu_loras`` more are kept parsed in memory (least recently used out); any other loaded
