@@ -254,7 +254,7 @@ class Engine:
                         self._decode_step() if not self.fast else self._decode_static()
             except Exception as exc:
                 log.exception("engine step failed")
-                for gen in self.running + self.prefilling + incoming:
+                for gen in {id(g): g for g in self.running + self.prefilling + incoming}.values():  # each once
                     if gen.finish_reason is None:
                         gen.emit(("error", f"engine error: {exc}"))
                 self.running, self.prefilling, self.cache, self.mask = [], [], None, None
