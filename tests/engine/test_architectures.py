@@ -45,8 +45,8 @@ def models(arch: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pat
     return _sets[arch]
 
 
-def _engine(models: dict[str, Path], cls: type[Engine] = Engine) -> Engine:
-    engine = cls(models["base"], max_loras=len(ADAPTERS), max_lora_rank=8)
+def _engine(models: dict[str, Path], cls: type[Engine] = Engine, **options: object) -> Engine:
+    engine = cls(models["base"], max_loras=len(ADAPTERS), max_lora_rank=8, **options)
     for name in ADAPTERS:
         engine.load_adapter(name, str(models[name]))
     return engine
@@ -141,11 +141,14 @@ def test_eos_ids_without_generation_config(arch: str, models: dict[str, Path], t
         engine.shutdown()
 
 
+@pytest.mark.parametrize("greedy_head", [False, True], ids=["float32-head", "greedy-head"])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_greedy_parity_alone_batched_and_transformers(arch: str, models: dict[str, Path]) -> None:
+def test_greedy_parity_alone_batched_and_transformers(arch: str, greedy_head: bool, models: dict[str, Path]) -> None:
     """Alone, in a mixed batch that requests join and leave past the window, and in transformers/peft's
-    own generate: the same tokens and the same stopping point, row for row."""
-    engine = _engine(models)
+    own generate: the same tokens and the same stopping point, row for row; with the float32 head's
+    logits and with the head's greedy mode (bfloat16 screen, float32 rescoring), which must be used."""
+    engine = _engine(models, greedy_head=greedy_head)
+    assert (engine.greedy_head is not None) == greedy_head
     try:
         rows = _rows(engine)
         expected = _reference(models, rows)
@@ -160,6 +163,8 @@ def test_greedy_parity_alone_batched_and_transformers(arch: str, models: dict[st
         batched[1::2] = [_finished(g) for g in second]
     finally:
         engine.shutdown()
+    if greedy_head:  # every token of these greedy rows came from the greedy mode, none from full logits
+        assert engine.greedy_head.screened == sum(len(tokens) + (why == "stop") for tokens, why in alone + batched)
     for i, (ids, adapter, _) in enumerate(rows):
         assert alone[i] == expected[i], (arch, adapter, len(ids))
         assert batched[i] == expected[i], (arch, adapter, len(ids))

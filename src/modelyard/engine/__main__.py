@@ -29,6 +29,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="weights and activations (bfloat16 halves the bytes a step reads; float32 is exact)")
     parser.add_argument("--kv-cache-bytes", type=int, default=None,
                         help="KV cache budget; requests that do not fit wait (default: half the available memory)")
+    parser.add_argument("--prefill-chunk", type=int, default=512,
+                        help="prompt tokens read per prefill pass; running requests decode between passes")
+    parser.add_argument("--greedy-head", choices=["auto", "on", "off"], default="auto",
+                        help="greedy tokens from a bfloat16 copy of the float32 output head, rescored in float32 "
+                        "(the same tokens, half the head's bytes; auto: for heads of 16M weights and more)")
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's, the cores)")
     parser.add_argument("--orphan-timeout", type=float, default=None, metavar="SECONDS",
                         help="exit (as on SIGTERM) when no GET /health with the X-Modelyard-Owner header arrived "
@@ -36,6 +41,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.orphan_timeout is not None and args.orphan_timeout <= 0:
         parser.error("--orphan-timeout must be positive")
+    if args.prefill_chunk < 1:
+        parser.error("--prefill-chunk must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if args.threads:
         import torch
@@ -44,7 +51,8 @@ def main(argv: list[str] | None = None) -> None:
     engine = Engine(
         args.model, max_loras=args.max_loras, max_cpu_loras=args.max_cpu_loras, max_lora_rank=args.max_lora_rank,
         max_batch=args.max_batch, served_name=args.served_model_name, dtype=args.dtype,
-        kv_cache_bytes=args.kv_cache_bytes,
+        kv_cache_bytes=args.kv_cache_bytes, prefill_chunk=args.prefill_chunk,
+        greedy_head={"auto": None, "on": True, "off": False}[args.greedy_head],
     )
     server: uvicorn.Server | None = None
 

@@ -25,7 +25,7 @@ import contextlib
 import logging
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,14 @@ from transformers import (
 from transformers.cache_utils import get_layer_types_and_kwargs
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+from modelyard.engine.kernels import (
+    _PARALLEL_WEIGHTS,
+    GreedyHead,
+    OneDnnLinear,
+    first_argmax,
+    intra_op_threads,
+    prepack_linears,
+)
 from modelyard.engine.lora import AdapterError, LoraBank, LoraWeights, base_layer_shapes, read_adapter
 
 log = logging.getLogger("modelyard.engine")
@@ -114,6 +122,7 @@ class Engine:
         dtype: str | torch.dtype = "float32",
         kv_cache_bytes: int | None = None,
         prefill_chunk: int = 512,
+        greedy_head: bool | None = None,
     ) -> None:
         self.model_path = str(model_path)
         self.served_name = served_name or self.model_path
@@ -133,7 +142,12 @@ class Engine:
         self.prefill_chunk = max(1, int(prefill_chunk))  # prompt tokens per prefill pass (static path)
         self.layer_shapes = base_layer_shapes(self.model)
         self.bank = LoraBank(self.model, slots=max_loras, max_rank=max_lora_rank)
-        _prepack_linears(self.model)
+        head = self.model.get_output_embeddings()
+        if greedy_head is None:  # worth its bfloat16 copy where the head is a large read: real vocabularies
+            greedy_head = self.dtype == torch.float32 and head.weight.numel() >= _GREEDY_HEAD_WEIGHTS
+        prepack_linears(self.model, greedy_head=greedy_head)
+        head = self.model.get_output_embeddings()
+        self.greedy_head = head if isinstance(head, GreedyHead) else None
         # Decode steps run their small operations (norms, attention over a few rows, LoRA's rank-r
         # matmuls, sampling) on one thread and only the large matmuls on all of them: waking the other
         # threads for a 10-microsecond operation costs more than it saves, and far more when other work
@@ -430,20 +444,25 @@ class Engine:
             offset += count
             if start + count == len(gen.prompt_ids):
                 last.append(offset - 1)
+        done = [gen for gen, start, count in segments if start + count == len(gen.prompt_ids)]
+        greedy = [g.params.temperature <= 0 and not g.params.shapes_logits for g in done]
+        head = self._greedy_head() if done and all(greedy) else None
         self.kv.start_packed([(gen.row, start, count) for gen, start, count in segments])
         try:
-            logits = self._forward(torch.tensor([ids]), positions.unsqueeze(0),
-                                   logits_to_keep=torch.tensor(last, dtype=torch.long))[0]
+            with head.picking() if head is not None else contextlib.nullcontext():
+                logits = self._forward(torch.tensor([ids]), positions.unsqueeze(0),
+                                       logits_to_keep=torch.tensor(last, dtype=torch.long))[0]
         finally:
             self.kv.packed = None
-        done = [gen for gen, start, count in segments if start + count == len(gen.prompt_ids)]
         for gen, start, count in segments:
             gen.prefilled = start + count
-        greedy = [g.params.temperature <= 0 and not g.params.shapes_logits for g in done]
-        tokens = logits.argmax(-1).tolist() if any(greedy) else [None] * len(done)
+        if head is not None:
+            tokens: list[int | None] = list(head.tokens)
+        else:
+            tokens = first_argmax(logits) if any(greedy) else [None] * len(done)
         for i, gen in enumerate(done):
             gen.position = len(gen.prompt_ids)
-            finished = self._advance(gen, logits[i], token=tokens[i] if greedy[i] else None)
+            finished = self._advance(gen, None if head else logits[i], token=tokens[i] if greedy[i] else None)
             self.prefilling.remove(gen)
             if finished:
                 self._release(gen)
@@ -472,11 +491,18 @@ class Engine:
         positions = torch.tensor([g.position for g in rows], dtype=torch.long)
         self.kv.start_decode(positions)
         self.bank.set_rows([g.slot for g in rows])
-        with _intra_op_threads(1 if self.split_threads else self.threads):
-            logits = self._forward(torch.tensor([[g.output_ids[-1]] for g in rows]), positions.unsqueeze(1))[:, -1]
-        self.steps += 1
         greedy = [g.params.temperature <= 0 and not g.params.shapes_logits for g in rows]
-        tokens = logits.argmax(-1).tolist() if any(greedy) else [None] * len(rows)  # one op for the batch
+        ids = torch.tensor([[g.output_ids[-1]] for g in rows])
+        with intra_op_threads(1 if self.split_threads else self.threads):
+            head = self._greedy_head() if all(greedy) else None
+            if head is not None:  # every row greedy: tokens from the head, no logits
+                with head.picking():
+                    self._forward(ids, positions.unsqueeze(1))
+                tokens: list[int | None] = list(head.tokens)
+            else:
+                logits = self._forward(ids, positions.unsqueeze(1))[:, -1]
+                tokens = first_argmax(logits) if any(greedy) else [None] * len(rows)  # the batch at once
+        self.steps += 1
         done: list[int] = []
         for i, gen in enumerate(rows):
             gen.position += 1
@@ -493,6 +519,11 @@ class Engine:
             self.running.pop()
         if done and self.prefilling:
             self._compact()
+
+    def _greedy_head(self) -> GreedyHead | None:
+        """The head's greedy mode, unless the head is not ours as built (an adapter targets it)."""
+        head = self.greedy_head
+        return head if head is not None and self.model.get_output_embeddings() is head else None
 
     def _probe_static_path(self) -> bool:
         """Run a short prompt through the static-cache path and through a plain forward pass; use the
@@ -644,87 +675,7 @@ class Engine:
         return cache
 
 
-class OneDnnLinear(torch.nn.Linear):
-    """A Linear whose matmul runs on oneDNN with its weight reordered once into the blocked layout the
-    kernel reads (``mkldnn._reorder_linear_weight``, as inductor's freezing pass does), called on dense
-    inputs (``mkldnn._linear_pointwise``): no per-call reorder or layout conversion.
-
-    At decode batch sizes the default CPU GEMM reads the weights at a fraction of the memory bandwidth:
-    on the Gemma-3-270M shape at batch 8 the body's linear layers ran about 2.3x and the 262k-row output
-    head about 4x faster this way. Results differ from the default GEMM's only in the order of float
-    additions (~1e-6 relative). ``keep_dense`` keeps the dense weight (the output head: tied embeddings
-    share it); otherwise a zero-stride stand-in of the same shape and dtype replaces it, so the weights
-    are not held twice."""
-
-    threads = 0  # intra-op threads for this layer's matmul (0: whatever is set); see Engine._decode_static
-
-    def __init__(self, dense: torch.nn.Linear, *, batch_hint: int = 8, keep_dense: bool = False) -> None:
-        super().__init__(dense.in_features, dense.out_features, bias=False, device="meta")
-        with torch.inference_mode(False), torch.no_grad():
-            self.packed = torch.ops.mkldnn._reorder_linear_weight(dense.weight.detach(), batch_hint)
-            if keep_dense:
-                self.weight = dense.weight
-            else:
-                stand_in = torch.zeros(1, 1, dtype=dense.weight.dtype).expand(dense.out_features, dense.in_features)
-                self.weight = torch.nn.Parameter(stand_in, requires_grad=False)
-            self.bias = dense.bias
-        self.dense = keep_dense
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype != self.weight.dtype or x.numel() == 0:
-            weight = self.weight if self.dense else self.packed.to_dense()
-            return F.linear(x.to(weight.dtype), weight, self.bias).to(x.dtype)
-        if self.threads:
-            with _intra_op_threads(self.threads):
-                return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
-
-
-@contextlib.contextmanager
-def _intra_op_threads(threads: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    if before == threads:
-        yield
-        return
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-_PARALLEL_WEIGHTS = 1 << 18  # weights of a layer whose decode matmul runs on every thread (1 MiB in fp32)
-
-
-def _prepack_linears(model: torch.nn.Module) -> int:
-    """Every plain Linear of the model (the output head too) on :class:`OneDnnLinear`; the number moved.
-    A layer the kernel refuses stays on the default GEMM."""
-    if not torch.backends.mkldnn.is_available():
-        return 0
-    head = model.get_output_embeddings()
-    moved = 0
-    for name, module in list(model.named_modules()):
-        if type(module) is not torch.nn.Linear or module.weight.dtype not in (torch.float32, torch.bfloat16):
-            continue
-        try:
-            packed = OneDnnLinear(module, keep_dense=module is head)
-            probe = torch.linspace(-1, 1, module.in_features, dtype=module.weight.dtype).unsqueeze(0)
-            with torch.no_grad():
-                expected, got = F.linear(probe, module.weight, module.bias), packed(probe)
-            scale = float(expected.abs().max()) or 1.0
-            if not torch.allclose(got, expected, atol=1e-2 * scale, rtol=0):
-                raise RuntimeError("results differ from the default GEMM")
-        except Exception as exc:  # noqa: BLE001 - keep the default GEMM
-            log.info("%s stays on the default GEMM (%s)", name, exc)
-            continue
-        if module is head:
-            model.set_output_embeddings(packed)
-        else:
-            parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name) if parent_name else model, child, packed)
-        moved += 1
-    return moved
-
+_GREEDY_HEAD_WEIGHTS = 1 << 24  # an output head this large (64 MiB in fp32) gets a GreedyHead by default
 
 _ATTENTION = "modelyard_static"
 _NO_MASK = torch.ones(1, 1, 1, 1, dtype=torch.bool)  # 4D: transformers skips building masks; ours are used
