@@ -193,6 +193,9 @@ read (every linear layer, lm_head included, plus the LoRA weights of the adapter
 divided by this machine's measured copy bandwidth, and the fraction of it each engine reaches.
 The last line is ``ours_vs_vllm_mixed=X ours_vs_bound=Y`` for the first mixed mode at batch 8 (the
 issue's target; the first batch size when 8 is not run), first prompt length.
+
+``--shared-prefix N``: every prompt starts with the same N tokens (a chat template's system prompt),
+and both engines read them once per adapter before the timed runs, so their prefix caches hold them.
 """
 
 
@@ -209,12 +212,15 @@ def copy_bandwidth(megabytes: int = 512, repeats: int = 5) -> float:
 
 
 def shape_workloads(modes: list[str], batches: list[int], prompt_lengths: list[int], names: list[str],
-                    vocab: int, first_id: int) -> list[tuple[str, int, int, list[list[int]], list[str | None]]]:
+                    vocab: int, first_id: int,
+                    shared: list[int] | None = None) -> list[tuple[str, int, int, list[list[int]], list[str | None]]]:
     gen = torch.Generator().manual_seed(0)
+    shared = shared or []
     runs = []
     for prompt_tokens in prompt_lengths:
         for batch in batches:
-            prompts = [torch.randint(first_id, vocab, (prompt_tokens,), generator=gen).tolist() for _ in range(batch)]
+            own = prompt_tokens - len(shared)
+            prompts = [shared + torch.randint(first_id, vocab, (own,), generator=gen).tolist() for _ in range(batch)]
             for mode in modes:
                 if mode == "base":
                     adapters: list[str | None] = [None] * batch
@@ -249,7 +255,8 @@ def vllm_shape_runs(base: Path, adapter_paths: list[Path], runs: list, max_token
             names = [p.name for p in adapter_paths]
             for name, path in zip(names, adapter_paths, strict=True):
                 await client.load_adapter(name, str(path), max_rank=8)
-            await workload(client, [runs[0][3][0]] * len(names), names, 4)  # warm-up: every adapter into a slot
+            # warm-up: every adapter into a slot, and the base and each adapter once over the first prompt
+            await workload(client, [runs[0][3][0]] * (len(names) + 1), ["base", *names], 4)
             results = []
             for _mode, _batch, _plen, prompts, adapters in runs:
                 models = [a or "base" for a in adapters]
@@ -280,6 +287,8 @@ def shape_main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work-dir", type=Path, default=Path.home() / ".cache" / "modelyard" / "bench-shapes",
                         help="where checkpoints and adapters are built (reused across runs)")
     parser.add_argument("--no-vllm", action="store_true", help="skip vLLM's CPU build")
+    parser.add_argument("--shared-prefix", type=int, default=0, metavar="N",
+                        help="every prompt starts with the same N tokens (read once per adapter before timing)")
     args = parser.parse_args(argv)
     if args.full:
         args.batch, args.prompt_tokens, args.modes = "1,8,32", "128,1024", "base,one,mixed4,mixed16"
@@ -309,12 +318,19 @@ def shape_main(argv: list[str] | None = None) -> None:
     lora_per_adapter = sum(8 * (i + o) * element for m, (i, o) in engine.layer_shapes.items()
                            if m.rsplit(".", 1)[-1] in ("q_proj", "k_proj", "v_proj", "o_proj"))
     first_id = len(ARCHITECTURES[str(REAL_SHAPES[args.shape]["arch"])].special_tokens)
-    runs = shape_workloads(modes, batches, prompt_lengths, names, engine.vocab_size, first_id)
-    engine_run(engine, [runs[0][3][0]] * 2, [None, names[0]], 4)  # warm-up
+    if not 0 <= args.shared_prefix < min(prompt_lengths):
+        parser.error("--shared-prefix must be below every prompt length")
+    shared = torch.randint(first_id, engine.vocab_size, (args.shared_prefix,),
+                           generator=torch.Generator().manual_seed(1)).tolist()
+    runs = shape_workloads(modes, batches, prompt_lengths, names, engine.vocab_size, first_id, shared)
+    engine_run(engine, [runs[0][3][0]] * (len(names) + 1), [None, *names], 4)  # warm-up, as vLLM's
     ours = []
     for mode, batch, plen, prompts, adapters in runs:
         ours.append(max(engine_run(engine, prompts, adapters, args.max_tokens) for _ in range(args.repeats)))
         print(f"  ours {mode:<8} batch={batch:<3} prompt={plen:<5} tokens_per_s={ours[-1]:8.1f}", flush=True)
+    head = engine.greedy_head
+    print(f"  ours prefix cache: {engine.prefix.hits}/{engine.prefix.queried} prompt tokens reused; greedy head: "
+          + (f"{head.screened} tokens screened, {head.fallbacks} from the float32 head" if head else "off"), flush=True)
     engine.shutdown()
     del engine
     theirs: list[float | None] = [None] * len(runs)
@@ -323,7 +339,8 @@ def shape_main(argv: list[str] | None = None) -> None:
             theirs = vllm_shape_runs(base, adapter_paths, runs, args.max_tokens, args.dtype, Path(tmp) / "vllm.log",
                                      args.repeats)
 
-    print(f"shape={args.shape} dtype={args.dtype} max_tokens={args.max_tokens} threads={torch.get_num_threads()}")
+    print(f"shape={args.shape} dtype={args.dtype} max_tokens={args.max_tokens} threads={torch.get_num_threads()} "
+          f"shared_prefix={args.shared_prefix}")
     print(f"weights read per decode step: {base_bytes / 1e9:.3f} GB (+{lora_per_adapter / 1e6:.1f} MB per distinct "
           f"adapter); copy bandwidth {bandwidth / 1e9:.1f} GB/s; bound step {base_bytes / bandwidth * 1e3:.1f} ms")
     print(f"{'mode':<8} {'batch':>5} {'prompt':>6} {'ours':>8} {'vllm':>8} {'ours/vllm':>9} {'bound':>8} "

@@ -24,15 +24,17 @@ def _options(monkeypatch: pytest.MonkeyPatch, *argv: str) -> dict[str, object]:
     return seen
 
 
-def test_prefill_chunk_and_greedy_head_reach_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_prefill_chunk_greedy_head_and_prefix_cache_reach_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
     defaults = _options(monkeypatch)
     assert defaults["prefill_chunk"] == 512 and defaults["greedy_head"] is None
-    chosen = _options(monkeypatch, "--prefill-chunk", "64", "--greedy-head", "off")
-    assert chosen["prefill_chunk"] == 64 and chosen["greedy_head"] is False
+    assert defaults["prefix_cache_bytes"] is None
+    chosen = _options(monkeypatch, "--prefill-chunk", "64", "--greedy-head", "off", "--prefix-cache-bytes", "0")
+    assert chosen["prefill_chunk"] == 64 and chosen["greedy_head"] is False and chosen["prefix_cache_bytes"] == 0
     assert _options(monkeypatch, "--greedy-head", "on")["greedy_head"] is True
 
 
-@pytest.mark.parametrize("argv", [["--prefill-chunk", "0"], ["--greedy-head", "maybe"], ["--orphan-timeout", "0"]])
+@pytest.mark.parametrize("argv", [["--prefill-chunk", "0"], ["--greedy-head", "maybe"], ["--prefix-cache-bytes", "-1"],
+                                  ["--orphan-timeout", "0"]])
 def test_bad_values_are_refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
         cli.main(["--model", "/m", *argv])

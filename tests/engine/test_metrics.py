@@ -115,3 +115,23 @@ def test_slot_loads_and_evictions_are_counted(http: TestClient, fixture_models: 
     assert value(samples, "modelyard_engine_lora_slot_loads_total", model_name="tiny") == 4
     assert value(samples, "modelyard_engine_lora_evictions_total", model_name="tiny") == 2
     assert value(samples, "modelyard_engine_lora_resident", model_name="tiny") == 2
+
+
+def test_prefix_cache_hits_are_counted_and_reported_in_usage(http: TestClient) -> None:
+    """A prompt sent twice: the second reads its full blocks from the prefix cache, says so in
+    ``usage.prompt_tokens_details.cached_tokens`` (as OpenAI and vLLM do) and in vLLM's counters."""
+    before = scrape(http)
+    prompt = "The quick brown fox jumps over the lazy dog, " * 8
+    usage = [http.post("/v1/completions", json={"model": "tiny", "prompt": prompt, "max_tokens": 2,
+                                                "temperature": 0}).json()["usage"] for _ in range(2)]
+    block = http.app.state.engine.prefix.block
+    tokens = usage[0]["prompt_tokens"]
+    assert tokens > 2 * block
+    assert usage[0]["prompt_tokens_details"] == {"cached_tokens": 0}
+    assert usage[1]["prompt_tokens_details"] == {"cached_tokens": (tokens - 1) // block * block}
+    after = scrape(http)
+    hits = value(after, "vllm:prefix_cache_hits_total", model_name="tiny") - value(
+        before, "vllm:prefix_cache_hits_total", model_name="tiny")
+    queries = value(after, "vllm:prefix_cache_queries_total", model_name="tiny") - value(
+        before, "vllm:prefix_cache_queries_total", model_name="tiny")
+    assert hits == (tokens - 1) // block * block and queries == 2 * tokens

@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="KV cache budget; requests that do not fit wait (default: half the available memory)")
     parser.add_argument("--prefill-chunk", type=int, default=512,
                         help="prompt tokens read per prefill pass; running requests decode between passes")
+    parser.add_argument("--prefix-cache-bytes", type=int, default=None,
+                        help="keys and values of prompt prefixes kept for prompts that start alike; 0 turns it off "
+                        "(default: 512 MiB, at most a quarter of the KV cache budget)")
     parser.add_argument("--greedy-head", choices=["auto", "on", "off"], default="auto",
                         help="greedy tokens from a bfloat16 copy of the float32 output head, rescored in float32 "
                         "(the same tokens, half the head's bytes; auto: for heads of 16M weights and more)")
@@ -43,6 +46,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--orphan-timeout must be positive")
     if args.prefill_chunk < 1:
         parser.error("--prefill-chunk must be at least 1")
+    if args.prefix_cache_bytes is not None and args.prefix_cache_bytes < 0:
+        parser.error("--prefix-cache-bytes must not be negative")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if args.threads:
         import torch
@@ -53,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
         max_batch=args.max_batch, served_name=args.served_model_name, dtype=args.dtype,
         kv_cache_bytes=args.kv_cache_bytes, prefill_chunk=args.prefill_chunk,
         greedy_head={"auto": None, "on": True, "off": False}[args.greedy_head],
+        prefix_cache_bytes=args.prefix_cache_bytes,
     )
     server: uvicorn.Server | None = None
 

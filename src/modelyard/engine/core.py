@@ -51,6 +51,7 @@ from modelyard.engine.kernels import (
     prepack_linears,
 )
 from modelyard.engine.lora import AdapterError, LoraBank, LoraWeights, base_layer_shapes, read_adapter
+from modelyard.engine.prefix import PrefixCache
 
 log = logging.getLogger("modelyard.engine")
 
@@ -102,6 +103,8 @@ class Generation:
     position: int = 0
     row: int = 0  # the static cache's row (static path)
     prefilled: int = 0  # prompt tokens already in the cache (static path: prefill runs in chunks)
+    cached: int = 0  # of them, tokens whose keys and values came from the prefix cache
+    capture: list[list[tuple[torch.Tensor, torch.Tensor]]] | None = None  # per layer: this row's prefilled K/V
     generator: torch.Generator | None = None
 
     @property
@@ -123,6 +126,7 @@ class Engine:
         kv_cache_bytes: int | None = None,
         prefill_chunk: int = 512,
         greedy_head: bool | None = None,
+        prefix_cache_bytes: int | None = None,
     ) -> None:
         self.model_path = str(model_path)
         self.served_name = served_name or self.model_path
@@ -160,6 +164,10 @@ class Engine:
         self.kv_cache_bytes = int(kv_cache_bytes) if kv_cache_bytes else _default_kv_bytes()
         self.kv = StaticKV(self.windows)
         self.fast = self._probe_static_path()
+        if prefix_cache_bytes is None:
+            prefix_cache_bytes = min(_PREFIX_CACHE_BYTES, self.kv_cache_bytes // 4)
+        self.prefix = PrefixCache(prefix_cache_bytes if self.fast else 0)
+        self.slot_seeds: dict[int, str] = {0: "base"}  # which weights a slot holds, for the prefix cache
 
         self.adapters: dict[str, str] = {}  # loaded adapters: name -> path
         self.cpu_cache: OrderedDict[str, LoraWeights] = OrderedDict()
@@ -317,6 +325,7 @@ class Engine:
             with self.cond:
                 self._cache_weights(weights)
         self.bank.write(free, weights)
+        self.slot_seeds[free] = f"adapter:{weights.serial}"
         self.resident[adapter] = free
         return free
 
@@ -421,6 +430,13 @@ class Engine:
         capacity = max([self._reserve(gen)] + [self._reserve(g) for g in rows])
         self.kv.ensure(len(rows) + 1, _round_up(capacity, self.max_context), self.max_batch, self.kv_cache_bytes)
         gen.row, gen.prefilled = len(rows), 0
+        if self.prefix.enabled:
+            seed, block = self.slot_seeds[gen.slot], self.prefix.block
+            found = self.prefix.match(seed, gen.prompt_ids)
+            if found and self.kv.write_prefix(gen.row, found, block):
+                gen.prefilled = gen.cached = len(found) * block
+            if len(gen.prompt_ids) // block > gen.prefilled // block:  # full blocks to keep once read
+                gen.capture = [[] for _ in self.windows]
         self.prefilling.append(gen)
 
     def _prefill_packed(self) -> None:
@@ -447,7 +463,8 @@ class Engine:
         done = [gen for gen, start, count in segments if start + count == len(gen.prompt_ids)]
         greedy = [g.params.temperature <= 0 and not g.params.shapes_logits for g in done]
         head = self._greedy_head() if done and all(greedy) else None
-        self.kv.start_packed([(gen.row, start, count) for gen, start, count in segments])
+        self.kv.start_packed([(gen.row, start, count) for gen, start, count in segments],
+                             [gen.capture for gen, _, _ in segments])
         try:
             with head.picking() if head is not None else contextlib.nullcontext():
                 logits = self._forward(torch.tensor([ids]), positions.unsqueeze(0),
@@ -456,6 +473,12 @@ class Engine:
             self.kv.packed = None
         for gen, start, count in segments:
             gen.prefilled = start + count
+        for gen in done:
+            if gen.capture is not None:
+                captured = [(torch.cat([k for k, _ in chunks], dim=1), torch.cat([v for _, v in chunks], dim=1))
+                            for chunks in gen.capture]
+                gen.capture = None
+                self.prefix.store(self.slot_seeds[gen.slot], gen.prompt_ids, gen.cached, captured)
         if head is not None:
             tokens: list[int | None] = list(head.tokens)
         else:
@@ -675,6 +698,7 @@ class Engine:
         return cache
 
 
+_PREFIX_CACHE_BYTES = 512 << 20  # the prefix cache's default budget (at most a quarter of the KV cache's)
 _GREEDY_HEAD_WEIGHTS = 1 << 24  # an output head this large (64 MiB in fp32) gets a GreedyHead by default
 
 _ATTENTION = "modelyard_static"
@@ -715,6 +739,7 @@ class StaticKV:
         self.capacity = 0
         self.shapes: tuple[int, int, torch.dtype] | None = None  # kv heads, head dim, dtype (seen at first use)
         self.packed: list[tuple[int, int, int]] | None = None  # prefill segments: (row, start, count)
+        self.captures: list[list[list[tuple[torch.Tensor, torch.Tensor]]] | None] = []
         self._earlier: list[tuple[torch.Tensor, torch.Tensor] | None] = []
         self._segment_masks: dict[tuple[int, int, int, int | None], torch.Tensor | None] = {}
         self.masks: list[torch.Tensor | None] | None = None
@@ -769,12 +794,33 @@ class StaticKV:
                 if tensor is not None:
                     tensor[[a, b]] = tensor[[b, a]]
 
-    def start_packed(self, segments: list[tuple[int, int, int]]) -> None:
+    def start_packed(self, segments: list[tuple[int, int, int]],
+                     captures: list[list[list[tuple[torch.Tensor, torch.Tensor]]] | None] | None = None) -> None:
         """A prefill pass next: one packed sequence of segments ``(row, start, count)``, each the prompt
-        positions ``start .. start + count - 1`` of a row whose earlier positions are in the cache."""
+        positions ``start .. start + count - 1`` of a row whose earlier positions are in the cache. Where
+        ``captures`` has a list for a segment, each layer appends the segment's keys and values to it."""
         self.masks = None
         self.packed = segments
+        self.captures = captures or [None] * len(segments)
         self._segment_masks = {}
+
+    def write_prefix(self, row: int, blocks: list[list[tuple[torch.Tensor, torch.Tensor]]], size: int) -> bool:
+        """Put cached keys and values of positions ``0 .. len(blocks) * size - 1`` in ``row`` (False: the
+        buffers are not allocated yet). A ring keeps the last of them, as if they had been prefilled."""
+        if any(k is None for k in self.keys):
+            return False
+        end = len(blocks) * size
+        for layer, (keys, values) in enumerate(zip(self.keys, self.values, strict=True)):
+            first = max(0, end - keys.shape[2])  # a ring holds the last ``length`` positions only
+            for index, block in enumerate(blocks):
+                low, high = max(index * size, first), (index + 1) * size
+                if low >= high:
+                    continue
+                cols = torch.arange(low, high).remainder(keys.shape[2])
+                k, v = block[layer]
+                keys[row][:, cols] = k[:, low - index * size:]
+                values[row][:, cols] = v[:, low - index * size:]
+        return True
 
     def attend_packed(self, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                       **kwargs: Any) -> tuple[torch.Tensor, None]:
@@ -841,7 +887,10 @@ class StaticKV:
         if self.packed is not None:
             earlier: list[tuple[torch.Tensor, torch.Tensor] | None] = []
             offset = 0
-            for row, start, count in self.packed:
+            for (row, start, count), capture in zip(self.packed, self.captures, strict=True):
+                if capture is not None:
+                    capture[layer_idx].append((key_states[0, :, offset:offset + count].clone(),
+                                               value_states[0, :, offset:offset + count].clone()))
                 low = max(0, start - length)  # a ring holds the last ``length`` positions before ``start``
                 if low < start:  # read before this pass overwrites the ring
                     cols = torch.arange(low, start).remainder(length)

@@ -8,6 +8,7 @@ than a loop over adapters or merged weights. Slot 0 holds zeros: a base-model ro
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from modelyard.engine.adapter_files import AdapterError, read_adapter_config
 
 __all__ = ["AdapterError", "BatchedLoraLinear", "LoraBank", "LoraWeights", "base_layer_shapes", "read_adapter"]
 
+_SERIALS = itertools.count(1)
 _KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<which>[AB])(?:\.[^.]+)?\.weight$")
 
 
@@ -33,6 +35,7 @@ class LoraWeights:
     a: dict[str, torch.Tensor] = field(default_factory=dict)  # [r, in]
     b: dict[str, torch.Tensor] = field(default_factory=dict)  # [out, r]
     scale: dict[str, float] = field(default_factory=dict)
+    serial: int = field(default_factory=lambda: next(_SERIALS))  # this copy of the weights, unique in the process
 
 
 def base_layer_shapes(model: nn.Module) -> dict[str, tuple[int, int]]:

@@ -81,6 +81,14 @@ class _EngineState(Collector):
                                       "slot (least recently used) to make room for another.", labels=["model_name"])
         counter.add_metric([name], getattr(self.engine, "evictions", 0))
         yield counter
+        prefix = getattr(self.engine, "prefix", None)
+        for metric, text, attribute in (
+            ("vllm:prefix_cache_queries", "Prefix cache queries, in terms of number of queried tokens.", "queried"),
+            ("vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens.", "hits"),
+        ):
+            counter = CounterMetricFamily(metric, text, labels=["model_name"])
+            counter.add_metric([name], getattr(prefix, attribute, 0))
+            yield counter
 
 
 class EngineMetrics:

@@ -364,10 +364,11 @@ def create_engine_app(
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         created = int(time.time())
 
-        def usage() -> dict[str, int]:
+        def usage() -> dict[str, Any]:
             completion = sum(g.completion_tokens for g in gens)
             return {"prompt_tokens": len(prompt_ids), "completion_tokens": completion,
-                    "total_tokens": len(prompt_ids) + completion}
+                    "total_tokens": len(prompt_ids) + completion,
+                    "prompt_tokens_details": {"cached_tokens": max(g.cached for g in gens)}}
 
         if body.stream:
             return StreamingResponse(
