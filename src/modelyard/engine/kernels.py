@@ -165,8 +165,9 @@ class GreedyHead(OneDnnLinear):
     that. Those blocks (usually one or two) are scored
     again in float32 from the dense weights and the row's token is their argmax. Ties aside, float32
     logits' argmax picks the same token: both are float32 sums of the same products, in another order.
-    Too many candidate blocks (a row without a clear winner), or a bound that is not finite, and the
-    rows' tokens come from the full float32 head instead.
+    With more candidate blocks than four a row plus 16 or a quarter of all blocks, whichever is more (rows
+    without a clear winner), or a bound that is not finite, the rows' tokens come from the full float32
+    head instead.
     """
 
     def __init__(self, dense: torch.nn.Linear, *, batch_hint: int = 8) -> None:
@@ -230,7 +231,9 @@ class GreedyHead(OneDnnLinear):
         reach = (top - bound.gather(1, top_block[:, None]).squeeze(1)
                  - 2 * unit * (top.abs() / (1 - unit) + bound.amax(-1)))
         pairs = (block_max + bound >= reach[:, None]).nonzero().tolist()  # (row, block), row-major
-        if len(pairs) > 4 * rows + 16 or len({r for r, _ in pairs}) != rows:
+        # rescoring reads block * hidden * 4 bytes a pair: up to a quarter of the blocks (half the screen's
+        # bytes) still beats the full float32 head by far
+        if len(pairs) > max(4 * rows + 16, vocab // block // 4) or len({r for r, _ in pairs}) != rows:
             self.fallbacks += rows
             return first_argmax(super().forward(x))
         best: list[tuple[float, int] | None] = [None] * rows
