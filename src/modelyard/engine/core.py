@@ -6,7 +6,10 @@ requests join and leave between steps, and each row carries its own position ids
 do not depend on its neighbours. Rows of one step may use different adapters: see
 :mod:`modelyard.engine.lora`. Models with the attention hooks run on a preallocated cache
 (:class:`StaticKV`, "the static-cache path" below); others on the generic path, where each prompt is
-prefilled alone and merged into a left-padded batch cache with an attention mask.
+prefilled alone and merged into a left-padded batch cache with an attention mask. On the static path
+a joining row first takes the keys and values of its prompt's longest cached prefix
+(:mod:`modelyard.engine.prefix`), and rows that are all greedy get their tokens from the output
+head's greedy mode (:class:`~modelyard.engine.kernels.GreedyHead`) instead of logits.
 
 Caches are built from the model's config, so a sliding-window layer (Gemma 3, Mistral) keeps only
 its window (a ring in :class:`StaticKV`; on the generic path the last ``sliding_window - 1`` columns,
