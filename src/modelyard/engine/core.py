@@ -85,6 +85,11 @@ class SamplingParams:
     logit_bias: dict[int, float] = field(default_factory=dict)
 
     @property
+    def plain_greedy(self) -> bool:
+        """Greedy with nothing that reshapes the logits: the argmax is the token."""
+        return self.temperature <= 0 and not self.shapes_logits
+
+    @property
     def shapes_logits(self) -> bool:
         return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0
                     or self.logit_bias)
@@ -464,7 +469,7 @@ class Engine:
             if start + count == len(gen.prompt_ids):
                 last.append(offset - 1)
         done = [gen for gen, start, count in segments if start + count == len(gen.prompt_ids)]
-        greedy = [g.params.temperature <= 0 and not g.params.shapes_logits for g in done]
+        greedy = [g.params.plain_greedy for g in done]
         head = self._greedy_head() if done and all(greedy) else None
         self.kv.start_packed([(gen.row, start, count) for gen, start, count in segments],
                              [gen.capture for gen, _, _ in segments])
@@ -517,7 +522,7 @@ class Engine:
         positions = torch.tensor([g.position for g in rows], dtype=torch.long)
         self.kv.start_decode(positions)
         self.bank.set_rows([g.slot for g in rows])
-        greedy = [g.params.temperature <= 0 and not g.params.shapes_logits for g in rows]
+        greedy = [g.params.plain_greedy for g in rows]
         ids = torch.tensor([[g.output_ids[-1]] for g in rows])
         with intra_op_threads(1 if self.split_threads else self.threads):
             head = self._greedy_head() if all(greedy) else None

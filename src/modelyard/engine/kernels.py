@@ -49,10 +49,12 @@ class OneDnnLinear(torch.nn.Linear):
         if x.dtype != self.weight.dtype or x.numel() == 0:
             weight = self.weight if self.dense else self.packed.to_dense()
             return F.linear(x.to(weight.dtype), weight, self.bias).to(x.dtype)
-        if self.threads:
-            with intra_op_threads(self.threads):
-                return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        return self._matmul(x, self.packed, self.bias)
+
+    def _matmul(self, x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """oneDNN's matmul with a prepacked weight, on this layer's threads."""
+        with intra_op_threads(self.threads) if self.threads else contextlib.nullcontext():
+            return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
 @contextlib.contextmanager
@@ -219,11 +221,7 @@ class GreedyHead(OneDnnLinear):
 
     def argmax(self, x: torch.Tensor) -> list[int]:
         rows, vocab, block = x.shape[0], self.out_features, self.block
-        if self.threads:
-            with intra_op_threads(self.threads):
-                scores = torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), self.low, None, "none", [], "")
-        else:
-            scores = torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), self.low, None, "none", [], "")
+        scores = self._matmul(x.to(torch.bfloat16), self.low, None)
         block_max = scores.reshape(rows, vocab // block, block).amax(-1).double()
         top, top_block = block_max.max(-1)
         bound = self.bound(x)
