@@ -38,6 +38,28 @@ from modelyard.engine.fixtures import (
 )
 
 
+def off_main(function, *args, **kwargs):
+    """``function(*args, **kwargs)`` on a short-lived thread. Multi-threaded torch work (building
+    checkpoints, the bandwidth probe) must not run on this thread before the engine serves: OpenMP
+    would keep workers for it, and with more OpenMP threads than cores the engine's own workers
+    sleep between matmuls (see ``Engine._run``). A finished thread's workers end with it."""
+    result: list = []
+    failure: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            result.append(function(*args, **kwargs))
+        except BaseException as exc:  # noqa: BLE001 - raised again on the caller's thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return result[0]
+
+
 def build(root: Path, adapters: int, hidden: int = 512, arch: str = "llama") -> tuple[Path, list[Path]]:
     shape = TinyModelShape(hidden_size=hidden, intermediate_size=hidden * 11 // 4, num_hidden_layers=4,
                            num_attention_heads=hidden // 64, num_key_value_heads=hidden // 64)
@@ -124,7 +146,7 @@ def fixture_main(argv: list[str] | None = None) -> None:
     from transformers import AutoModelForCausalLM
 
     with tempfile.TemporaryDirectory(prefix="modelyard-bench-") as tmp:
-        base, adapter_paths = build(Path(tmp), n, args.hidden, args.arch)
+        base, adapter_paths = off_main(build, Path(tmp), n, args.hidden, args.arch)
         names = [p.name for p in adapter_paths]
         engine = Engine(base, max_loras=n, max_lora_rank=8, max_batch=n)
         engine.eos_token_ids = set()  # every request runs max_tokens, as vLLM's ignore_eos and peft's min_new_tokens
@@ -303,12 +325,12 @@ def shape_main(argv: list[str] | None = None) -> None:
 
     root = args.work_dir / args.shape
     started = time.perf_counter()
-    base = build_shape_model(root / "base", args.shape)
-    adapter_paths = build_random_adapters(base, [root / f"a{i:02d}" for i in range(n_adapters)])
+    base = off_main(build_shape_model, root / "base", args.shape)
+    adapter_paths = off_main(build_random_adapters, base, [root / f"a{i:02d}" for i in range(n_adapters)])
     names = [p.name for p in adapter_paths]
     print(f"built {args.shape} and {n_adapters} adapters in {time.perf_counter() - started:.0f}s", flush=True)
 
-    bandwidth = copy_bandwidth()
+    bandwidth = off_main(copy_bandwidth)
     engine = Engine(base, max_loras=n_adapters, max_lora_rank=8, max_batch=max(batches), dtype=args.dtype)
     engine.eos_token_ids = set()  # every request runs max_tokens, as vLLM's ignore_eos
     for name, path in zip(names, adapter_paths, strict=True):

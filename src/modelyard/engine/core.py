@@ -138,44 +138,13 @@ class Engine:
     ) -> None:
         self.model_path = str(model_path)
         self.served_name = served_name or self.model_path
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self.dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-        self.model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=self.dtype).eval()
-        self.max_context = int(getattr(self.model.config, "max_position_embeddings", 2048) or 2048)
-        self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0])  # logits per position
-        generation_config = _generation_config(self.model_path)
-        self.eos_token_ids: set[int] = _eos_token_ids(generation_config, self.model.config, self.tokenizer)
-        self.generation_defaults: dict[str, float | int] = _sampling_defaults(generation_config)
-        self.windows = _cache_windows(self.model.config)  # per layer: sliding window, or None (full)
         self.max_loras = max_loras
         self.max_cpu_loras = max(max_cpu_loras if max_cpu_loras is not None else max_loras, max_loras)
         self.max_lora_rank = max_lora_rank
         self.max_batch = max_batch
         self.prefill_chunk = max(1, int(prefill_chunk))  # prompt tokens per prefill pass (static path)
-        self.layer_shapes = base_layer_shapes(self.model)
-        self.bank = LoraBank(self.model, slots=max_loras, max_rank=max_lora_rank)
-        head = self.model.get_output_embeddings()
-        if greedy_head is None:  # worth its bfloat16 copy where the head is a large read: real vocabularies
-            greedy_head = self.dtype == torch.float32 and head.weight.numel() >= _GREEDY_HEAD_WEIGHTS
-        prepack_linears(self.model, greedy_head=greedy_head)
-        head = self.model.get_output_embeddings()
-        self.greedy_head = head if isinstance(head, GreedyHead) else None
-        # Decode steps run their small operations (norms, attention over a few rows, LoRA's rank-r
-        # matmuls, sampling) on one thread and only the large matmuls on all of them: waking the other
-        # threads for a 10-microsecond operation costs more than it saves, and far more when other work
-        # shares the cores. Prefill passes keep every thread throughout.
-        self.threads = torch.get_num_threads()
-        self.split_threads = True
-        for module in self.model.modules():
-            if isinstance(module, OneDnnLinear) and module.in_features * module.out_features >= _PARALLEL_WEIGHTS:
-                module.threads = self.threads
         self.kv_cache_bytes = int(kv_cache_bytes) if kv_cache_bytes else _default_kv_bytes()
-        self.kv = StaticKV(self.windows)
-        self.fast = self._probe_static_path()
-        if prefix_cache_bytes is None:
-            prefix_cache_bytes = min(_PREFIX_CACHE_BYTES, self.kv_cache_bytes // 4)
-        self.prefix = PrefixCache(prefix_cache_bytes if self.fast else 0)
-        self.slot_seeds: dict[int, str] = {0: "base"}  # which weights a slot holds, for the prefix cache
 
         self.adapters: dict[str, str] = {}  # loaded adapters: name -> path
         self.cpu_cache: OrderedDict[str, LoraWeights] = OrderedDict()
@@ -193,8 +162,50 @@ class Engine:
         self.cond = threading.Condition()
         self.stopped = False
         self.steps = 0
-        self.thread = threading.Thread(target=self._loop, name="engine", daemon=True)
+        # The engine thread builds the model, then serves: see _run.
+        built: list[BaseException | None] = []
+        ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(greedy_head, prefix_cache_bytes, built, ready),
+                                       name="engine", daemon=True)
         self.thread.start()
+        ready.wait()
+        if built[0] is not None:
+            self.thread.join()
+            raise built[0]
+
+    def _build(self, greedy_head: bool | None, prefix_cache_bytes: int | None) -> None:
+        """Load the model and make it fast (engine thread, before the loop)."""
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        self.model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=self.dtype).eval()
+        self.max_context = int(getattr(self.model.config, "max_position_embeddings", 2048) or 2048)
+        self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0])  # logits per position
+        generation_config = _generation_config(self.model_path)
+        self.eos_token_ids: set[int] = _eos_token_ids(generation_config, self.model.config, self.tokenizer)
+        self.generation_defaults: dict[str, float | int] = _sampling_defaults(generation_config)
+        self.windows = _cache_windows(self.model.config)  # per layer: sliding window, or None (full)
+        self.layer_shapes = base_layer_shapes(self.model)
+        self.bank = LoraBank(self.model, slots=self.max_loras, max_rank=self.max_lora_rank)
+        head = self.model.get_output_embeddings()
+        if greedy_head is None:  # worth its bfloat16 copy where the head is a large read: real vocabularies
+            greedy_head = self.dtype == torch.float32 and head.weight.numel() >= _GREEDY_HEAD_WEIGHTS
+        prepack_linears(self.model, greedy_head=greedy_head)
+        head = self.model.get_output_embeddings()
+        self.greedy_head = head if isinstance(head, GreedyHead) else None
+        # Decode steps run their small operations (norms, attention over a few rows, LoRA's rank-r
+        # matmuls, sampling) on one thread and only the large matmuls on all of them: waking the other
+        # threads for a 10-microsecond operation costs more than it saves, and far more when other work
+        # shares the cores. Prefill passes keep every thread throughout.
+        self.threads = torch.get_num_threads()
+        self.split_threads = True
+        for module in self.model.modules():
+            if isinstance(module, OneDnnLinear) and module.in_features * module.out_features >= _PARALLEL_WEIGHTS:
+                module.threads = self.threads
+        self.kv = StaticKV(self.windows)
+        self.fast = self._probe_static_path()
+        if prefix_cache_bytes is None:
+            prefix_cache_bytes = min(_PREFIX_CACHE_BYTES, self.kv_cache_bytes // 4)
+        self.prefix = PrefixCache(prefix_cache_bytes if self.fast else 0)
+        self.slot_seeds: dict[int, str] = {0: "base"}  # which weights a slot holds, for the prefix cache
 
     # ----- adapters (called from request threads) -------------------------------------------------
 
@@ -203,7 +214,7 @@ class Engine:
         touches the running batch."""
         if name in self.adapters:
             raise AdapterError(f"The lora adapter '{name}' has already been loaded.")
-        weights = read_adapter(name, path, max_rank=self.max_lora_rank, layer_shapes=self.layer_shapes)
+        weights = self._read_adapter(name, path)
         with self.cond:
             if name in self.adapters:
                 raise AdapterError(f"The lora adapter '{name}' has already been loaded.")
@@ -214,7 +225,7 @@ class Engine:
     def replace_adapter(self, name: str, path: str) -> None:
         """Load new weights under a loaded adapter's name (vLLM's ``load_inplace``). Requests already
         running finish on the old weights; requests admitted afterwards get the new ones."""
-        weights = read_adapter(name, path, max_rank=self.max_lora_rank, layer_shapes=self.layer_shapes)
+        weights = self._read_adapter(name, path)
         with self.cond:
             if name not in self.adapters:
                 raise UnknownAdapter(name)
@@ -234,6 +245,12 @@ class Engine:
             self.retired.add(name)
             self.cond.notify()
         log.info("adapter unloaded", extra={"adapter": name})
+
+    def _read_adapter(self, name: str, path: str) -> LoraWeights:
+        """Parse an adapter on the calling (request) thread, single-threaded: a thread other than the
+        engine's must not start OpenMP workers of its own (see :meth:`_run`)."""
+        with intra_op_threads(1):
+            return read_adapter(name, path, max_rank=self.max_lora_rank, layer_shapes=self.layer_shapes)
 
     def _cache_weights(self, weights: LoraWeights) -> None:
         self.cpu_cache[weights.name] = weights
@@ -259,6 +276,26 @@ class Engine:
         self.thread.join(timeout=10)
 
     # ----- the loop (engine thread only) -----------------------------------------------------------
+
+    def _run(self, greedy_head: bool | None, prefix_cache_bytes: int | None, built: list[BaseException | None],
+             ready: threading.Event) -> None:
+        """Build the model on this thread, then serve until shut down.
+
+        Only this thread runs the model's multi-threaded work, loading included: with OpenMP (libgomp)
+        every thread that starts a parallel region keeps workers of its own for good, and once a
+        process holds more OpenMP threads than cores, idle workers stop spinning and sleep at once.
+        Then each large matmul of a decode step waits for a sleeping worker to wake: on the 2-core
+        bench machine decode steps ran about 20% slower when the constructing thread had loaded
+        the model."""
+        try:
+            self._build(greedy_head, prefix_cache_bytes)
+        except BaseException as exc:  # noqa: BLE001 - raised again by __init__ on the caller's thread
+            built.append(exc)
+            ready.set()
+            return
+        built.append(None)
+        ready.set()
+        self._loop()
 
     def _loop(self) -> None:
         """Hold the lock only to take new work: forward passes run without it, so submitting a
