@@ -46,9 +46,7 @@ from transformers.cache_utils import get_layer_types_and_kwargs
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from modelyard.engine.kernels import (
-    _PARALLEL_WEIGHTS,
     GreedyHead,
-    OneDnnLinear,
     first_argmax,
     intra_op_threads,
     prepack_linears,
@@ -191,15 +189,11 @@ class Engine:
         prepack_linears(self.model, greedy_head=greedy_head)
         head = self.model.get_output_embeddings()
         self.greedy_head = head if isinstance(head, GreedyHead) else None
-        # Decode steps run their small operations (norms, attention over a few rows, LoRA's rank-r
-        # matmuls, sampling) on one thread and only the large matmuls on all of them: waking the other
-        # threads for a 10-microsecond operation costs more than it saves, and far more when other work
-        # shares the cores. Prefill passes keep every thread throughout.
+        # Every pass runs on all intra-op threads. With this thread the only one that starts OpenMP
+        # work (see _run), a worker spins between parallel regions and joins each one at once; running
+        # the small operations of a decode step on one thread and only the large matmuls on all of them
+        # (an earlier policy, which paid off while the workers slept) measured slower at every batch size.
         self.threads = torch.get_num_threads()
-        self.split_threads = True
-        for module in self.model.modules():
-            if isinstance(module, OneDnnLinear) and module.in_features * module.out_features >= _PARALLEL_WEIGHTS:
-                module.threads = self.threads
         self.kv = StaticKV(self.windows)
         self.fast = self._probe_static_path()
         if prefix_cache_bytes is None:
@@ -561,15 +555,14 @@ class Engine:
         self.bank.set_rows([g.slot for g in rows])
         greedy = [g.params.plain_greedy for g in rows]
         ids = torch.tensor([[g.output_ids[-1]] for g in rows])
-        with intra_op_threads(1 if self.split_threads else self.threads):
-            head = self._greedy_head() if all(greedy) else None
-            if head is not None:  # every row greedy: tokens from the head, no logits
-                with head.picking():
-                    self._forward(ids, positions.unsqueeze(1))
-                tokens: list[int | None] = list(head.tokens)
-            else:
-                logits = self._forward(ids, positions.unsqueeze(1))[:, -1]
-                tokens = first_argmax(logits) if any(greedy) else [None] * len(rows)  # the batch at once
+        head = self._greedy_head() if all(greedy) else None
+        if head is not None:  # every row greedy: tokens from the head, no logits
+            with head.picking():
+                self._forward(ids, positions.unsqueeze(1))
+            tokens: list[int | None] = list(head.tokens)
+        else:
+            logits = self._forward(ids, positions.unsqueeze(1))[:, -1]
+            tokens = first_argmax(logits) if any(greedy) else [None] * len(rows)  # the batch at once
         self.steps += 1
         done: list[int] = []
         for i, gen in enumerate(rows):

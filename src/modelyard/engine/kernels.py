@@ -31,8 +31,6 @@ class OneDnnLinear(torch.nn.Linear):
     share it); otherwise a zero-stride stand-in of the same shape and dtype replaces it, so the weights
     are not held twice."""
 
-    threads = 0  # intra-op threads for this layer's matmul (0: whatever is set); see Engine._decode_static
-
     def __init__(self, dense: torch.nn.Linear, *, batch_hint: int = 8, keep_dense: bool = False) -> None:
         super().__init__(dense.in_features, dense.out_features, bias=False, device="meta")
         with torch.inference_mode(False), torch.no_grad():
@@ -52,9 +50,8 @@ class OneDnnLinear(torch.nn.Linear):
         return self._matmul(x, self.packed, self.bias)
 
     def _matmul(self, x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """oneDNN's matmul with a prepacked weight, on this layer's threads."""
-        with intra_op_threads(self.threads) if self.threads else contextlib.nullcontext():
-            return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+        """oneDNN's matmul with a prepacked weight."""
+        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
 @contextlib.contextmanager
@@ -69,8 +66,6 @@ def intra_op_threads(threads: int) -> Iterator[None]:
     finally:
         torch.set_num_threads(before)
 
-
-_PARALLEL_WEIGHTS = 1 << 18  # weights of a layer whose decode matmul runs on every thread (1 MiB in fp32)
 
 
 def prepack_linears(model: torch.nn.Module, *, greedy_head: bool = False) -> int:
