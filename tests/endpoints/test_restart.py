@@ -76,7 +76,10 @@ def test_kill_the_server_and_start_it_again(
         assert _engine_pids(home) == engines  # the replica outlives its owner
 
         server = _serve(home, port, log)
-        wait_for(lambda: tg.endpoints.retrieve(endpoint.id).state == "STARTED", what="STARTED after restart")
+        # The state survives in the database, so it reads STARTED at once; until this server has adopted
+        # the running replica, requests get 503 with Retry-After. Healthy replicas say when it serves.
+        wait_for(lambda: (view := tg.endpoints.retrieve(endpoint.id)).state == "STARTED" and view.replicas == 1,
+                 what="STARTED with its replica adopted after restart")
         assert [a.adapter_name for a in tg.endpoints.adapters.list(endpoint.id).data] == ["pirate", "chef"]
         assert answers() == before
         wait_for(lambda: "replica adopted" in log.read_text(), 30, "the replica adopted")
