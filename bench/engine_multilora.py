@@ -352,7 +352,8 @@ def shape_main(argv: list[str] | None = None) -> None:
         print(f"  ours {mode:<8} batch={batch:<3} prompt={plen:<5} tokens_per_s={ours[-1]:8.1f}", flush=True)
     head = engine.greedy_head
     print(f"  ours prefix cache: {engine.prefix.hits}/{engine.prefix.queried} prompt tokens reused; greedy head: "
-          + (f"{head.screened} tokens screened, {head.fallbacks} from the float32 head" if head else "off"), flush=True)
+          + (f"{head.screen} screen, {head.screened} tokens screened, {head.fallbacks} from the float32 head"
+             if head else "off"), flush=True)
     engine.shutdown()
     del engine
     theirs: list[float | None] = [None] * len(runs)

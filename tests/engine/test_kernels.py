@@ -1,12 +1,20 @@
-"""The engine's kernels: the greedy output head picks float32's token from a bfloat16 screen, and
-``first_argmax`` is ``argmax``."""
+"""The engine's kernels: the greedy output head picks float32's token from a bfloat16 or float16
+screen (each one this CPU runs), and ``first_argmax`` is ``argmax``."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from modelyard.engine.kernels import GreedyHead, first_argmax
+from modelyard.engine.kernels import GreedyHead, available_screens, first_argmax
+
+SCREENS = [screen for screen in available_screens() if screen != "none"]
+screens = pytest.mark.parametrize("screen", SCREENS)
+
+
+def test_an_x86_cpu_has_a_screen() -> None:
+    """Every x86 CPU PyTorch runs on has AVX2, so FBGEMM's float16 matmul at least."""
+    assert "fbgemm" not in torch.backends.quantized.supported_engines or "float16" in SCREENS
 
 
 def _head(vocab: int, hidden: int, seed: int = 0) -> torch.nn.Linear:
@@ -20,12 +28,14 @@ def _exact(dense: torch.nn.Linear, x: torch.Tensor) -> list[int]:
     return (x.double() @ dense.weight.detach().double().T).argmax(-1).tolist()
 
 
+@screens
 @pytest.mark.parametrize(("vocab", "hidden"), [(8192, 64), (3000, 48), (1187 * 4, 32)])
-def test_greedy_tokens_are_float32_argmax(vocab: int, hidden: int) -> None:
+def test_greedy_tokens_are_float32_argmax(vocab: int, hidden: int, screen: str) -> None:
     """Random rows at scales from tiny to large: the greedy mode's token is the argmax of the logits,
     nearly always from the screen (a handful of candidate blocks), never a wrong one."""
     dense = _head(vocab, hidden)
-    head = GreedyHead(dense)
+    head = GreedyHead(dense, screen=screen)
+    assert head.screen == screen
     generator = torch.Generator().manual_seed(1)
     with torch.inference_mode():
         for scale in (1e-3, 1.0, 30.0):
@@ -39,38 +49,44 @@ def test_greedy_tokens_are_float32_argmax(vocab: int, hidden: int) -> None:
     assert head(x).shape == (16, vocab)
 
 
-def _screen(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """What the screen sees: bfloat16 products summed in float32, the sum rounded to bfloat16."""
-    return (weight.bfloat16().float() @ x.bfloat16().float()).bfloat16()
+def _screen(weight: torch.Tensor, x: torch.Tensor, screen: str) -> torch.Tensor:
+    """What the screen sees: bfloat16 products summed in float32, the sum rounded to bfloat16; or
+    float16 weights times the float32 row, summed in float32."""
+    if screen == "bfloat16":
+        return (weight.bfloat16().float() @ x.bfloat16().float()).bfloat16()
+    return weight.half().float() @ x
 
 
-def _near_tie(hidden: int = 64) -> tuple[torch.nn.Linear, torch.Tensor, int, int]:
-    """A head where two tokens in different blocks win within bfloat16's error, and rounding to
-    bfloat16 turns the order around: the screen ranks the lower token first, float32 the higher."""
+def _near_tie(screen: str, hidden: int = 64) -> tuple[torch.nn.Linear, torch.Tensor, int, int]:
+    """A head where two tokens in different blocks win within the screen's error, and its rounding
+    turns the order around: the screen ranks the lower token first, float32 the higher."""
     dense = _head(4096, hidden, seed=3)
     generator = torch.Generator().manual_seed(4)
     x = torch.randn(hidden, generator=generator)
     low, high = 700, 3000  # blocks of 256: 2 and 11
     weight = dense.weight.detach()
     with torch.no_grad():
-        # scores just above 2 + 2^-7, the midpoint between two bfloat16 values (every random token: 1.4 at
-        # most): a slightly lower score rounds down, a full step below it
+        # bfloat16: scores just above 2 + 2^-7, the midpoint between two bfloat16 values (every random
+        # token: 1.4 at most), so a slightly lower score rounds down, a full step below it. float16: the
+        # two tokens' weights differ by less than float16's spacing, which decides their order
         weight[low] = x / x.norm() ** 2 * (2 + 2**-7)
+        spread = 2e-4 if screen == "bfloat16" else 2e-6
         for _ in range(10_000):
-            weight[high] = weight[low] + torch.randn(hidden, generator=generator) * 2e-4
+            weight[high] = weight[low] + torch.randn(hidden, generator=generator) * spread
             exact = (weight[[low, high]].double() @ x.double()).tolist()
-            screened = _screen(weight[[low, high]], x).tolist()
+            screened = _screen(weight[[low, high]], x, screen).tolist()
             if exact[1] > exact[0] and screened[1] < screened[0]:
                 return dense, x, low, high
     raise AssertionError("no near tie found")
 
 
-def test_a_near_tie_goes_to_float32s_winner() -> None:
-    dense, x, low, high = _near_tie()
-    head = GreedyHead(dense)
+@screens
+def test_a_near_tie_goes_to_float32s_winner(screen: str) -> None:
+    dense, x, low, high = _near_tie(screen)
+    head = GreedyHead(dense, screen=screen)
     assert head.block == 256 and low // 256 != high // 256
     with torch.inference_mode():
-        scores = torch.ops.mkldnn._linear_pointwise(x.bfloat16().unsqueeze(0), head.low, None, "none", [], "")[0]
+        scores = head.scores(x.unsqueeze(0))[0]
         with head.picking():
             head(x.unsqueeze(0))
         assert _exact(dense, x.unsqueeze(0)) == [high]
@@ -78,13 +94,14 @@ def test_a_near_tie_goes_to_float32s_winner() -> None:
         assert head.tokens == [high] and head.fallbacks == 0
 
 
-def test_rows_without_a_clear_winner_use_the_float32_head() -> None:
+@screens
+def test_rows_without_a_clear_winner_use_the_float32_head(screen: str) -> None:
     """Every token scores the same: every block is a candidate, so the full float32 head decides
     (the first of equals, as argmax)."""
     dense = torch.nn.Linear(32, 8192, bias=False)
     with torch.no_grad():
         dense.weight.fill_(0.01)
-    head = GreedyHead(dense)
+    head = GreedyHead(dense, screen=screen)
     with torch.inference_mode(), head.picking():
         head(torch.ones(3, 32))
     assert head.tokens == [0, 0, 0] and head.fallbacks == 3 and head.screened == 0

@@ -35,8 +35,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="keys and values of prompt prefixes kept for prompts that start alike; 0 turns it off "
                         "(default: 512 MiB, at most a quarter of the KV cache budget)")
     parser.add_argument("--greedy-head", choices=["auto", "on", "off"], default="auto",
-                        help="greedy tokens from a bfloat16 copy of the float32 output head, rescored in float32 "
-                        "(the same tokens, half the head's bytes; auto: for heads of 16M weights and more)")
+                        help="greedy tokens from a bfloat16 (AVX2 CPUs: float16) copy of the float32 output head, rescored "
+                        "in float32 (the same tokens, half the head's bytes; auto: for heads of 16M weights and more)")
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's, the cores)")
     parser.add_argument("--orphan-timeout", type=float, default=None, metavar="SECONDS",
                         help="exit (as on SIGTERM) when no GET /health with the X-Modelyard-Owner header arrived "

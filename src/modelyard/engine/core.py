@@ -184,7 +184,7 @@ class Engine:
         self.layer_shapes = base_layer_shapes(self.model)
         self.bank = LoraBank(self.model, slots=self.max_loras, max_rank=self.max_lora_rank)
         head = self.model.get_output_embeddings()
-        if greedy_head is None:  # worth its bfloat16 copy where the head is a large read: real vocabularies
+        if greedy_head is None:  # worth its half-width copy where the head is a large read: real vocabularies
             greedy_head = self.dtype == torch.float32 and head.weight.numel() >= _GREEDY_HEAD_WEIGHTS
         prepack_linears(self.model, greedy_head=greedy_head)
         head = self.model.get_output_embeddings()

@@ -2,8 +2,8 @@
 
 :class:`OneDnnLinear` runs a Linear on oneDNN with its weight reordered once. :class:`GreedyHead` is the
 float32 output head that can also give each row's greedy token while reading half the head's bytes:
-it scores every token with a bfloat16 copy of the weights, keeps the blocks of tokens that an error
-bound cannot rule out, and scores those again in float32. :func:`first_argmax` is ``argmax`` over
+it scores every token with a bfloat16 (or float16) copy of the weights, keeps the blocks of tokens
+that an error bound cannot rule out, and scores those again in float32. :func:`first_argmax` is ``argmax`` over
 the vocabulary, about ten times faster on the CPU.
 """
 
@@ -112,7 +112,7 @@ def _packed(module: torch.nn.Linear, *, greedy: bool, keep_dense: bool) -> OneDn
             head.screened = head.fallbacks = 0
             return head
         except Exception as exc:  # noqa: BLE001 - the plain float32 head
-            log.info("the output head runs without the bfloat16 greedy screen (%s)", exc)
+            log.info("the output head runs without the greedy screen (%s)", exc)
     packed = OneDnnLinear(module, keep_dense=keep_dense)
     with torch.no_grad():
         expected, got = F.linear(probe, module.weight, module.bias), packed(probe)
@@ -120,6 +120,29 @@ def _packed(module: torch.nn.Linear, *, greedy: bool, keep_dense: bool) -> OneDn
     if not torch.allclose(got, expected, atol=1e-2 * scale, rtol=0):
         raise RuntimeError("results differ from the default GEMM")
     return packed
+
+
+def available_screens() -> list[str]:
+    """The greedy head's screens this CPU runs, preferred first: ``bfloat16`` on oneDNN where oneDNN
+    packs it (it refuses without AVX-512 or AVX-NE-CONVERT), ``float16`` on FBGEMM (x86 with AVX2)."""
+    screens = ["bfloat16"] if torch.ops.mkldnn._is_mkldnn_bf16_supported() else []
+    if "fbgemm" in torch.backends.quantized.supported_engines:
+        screens.append("float16")
+    return screens or ["none"]
+
+
+def _screen_weights(weight: torch.Tensor, batch_hint: int, screen: str) -> tuple[str, object, torch.Tensor]:
+    """The ``screen`` for a float32 weight: its kind, the kernel's packed weights, and the values the
+    kernel multiplies by (in float32, for the error bound)."""
+    if screen == "bfloat16":
+        low = weight.to(torch.bfloat16)
+        return screen, torch.ops.mkldnn._reorder_linear_weight(low, batch_hint), low
+    if screen != "float16":
+        raise RuntimeError("this CPU has neither a bfloat16 matmul (oneDNN) nor a float16 one (FBGEMM)")
+    if float(weight.abs().max()) > torch.finfo(torch.float16).max:
+        raise RuntimeError("weights beyond float16's range")
+    packed = torch.ops.quantized.linear_prepack_fp16(weight, None)
+    return screen, packed, torch.ops.quantized.linear_unpack_fp16(packed)[0]
 
 
 def _block(vocab: int, largest: int = 256) -> int:
@@ -146,20 +169,23 @@ def first_argmax(logits: torch.Tensor) -> list[int]:
 
 class GreedyHead(OneDnnLinear):
     """A float32 output head (no bias) whose :meth:`picking` mode returns each row's greedy token
-    instead of logits, reading the head's weights in bfloat16: half the bytes of the largest read of a
-    decode step (Gemma-3-270M: 671 of 1,070 MB in float32).
+    instead of logits, reading a half-width copy of the head's weights: half the bytes of the largest
+    read of a decode step (Gemma-3-270M: 671 of 1,070 MB in float32).
 
-    The token is float32's, not bfloat16's. For a row ``x`` and token ``j`` of block ``b``, the
-    float32 sum ``t_j`` of the bfloat16 products ``x~ . W~_j`` (``x~``, ``W~`` rounded to bfloat16; each
-    product is exact in float32) differs from ``s_j = x . W_j`` by at most
+    The copy (the *screen*) is bfloat16 on oneDNN where oneDNN packs bfloat16 (AVX-512, AVX-NE-CONVERT),
+    else float16 on FBGEMM (AVX2: float16 weights widened to float32 in registers, the row and the sums
+    float32); :attr:`screen` says which. The token is float32's, not the screen's. For a
+    row ``x`` and token ``j`` of block ``b``, the float32 sum ``t_j`` of the products ``x~ . W~_j``
+    (``W~`` the screen's weights; ``x~`` the row rounded to bfloat16 for the bfloat16 screen, ``x`` itself
+    for float16; each bfloat16 product is exact in float32) differs from ``s_j = x . W_j`` by at most
     ``e_b = |x - x~| w_b + |x| d_b + H 2^-23 |x~| w_b``, where ``w_b = max |W~_j|`` and
     ``d_b = max |W~_j - W_j|`` over the block (Cauchy-Schwarz for the two roundings, then the float32
     sum over ``H`` inputs); ``E`` is the row's largest ``e_b``. The kernel returns ``t_j`` rounded to
-    bfloat16, off by at most ``u |t_j|``, ``u = 2^-8``. Let ``M`` be the largest returned score (token
-    ``k``, block ``c``) and ``j*`` the best token (block ``b``). Then ``|t_k| <= |M| / (1 - u)`` and
-    ``|t_j*| <= |M| / (1 - u) + 2E``, and ``score(j*) >= s_j* - e_b - u |t_j*| >= s_k - e_b - u |t_j*|
-    >= M - e_c - e_b - 2u (|M| / (1 - u) + E)``: ``j*`` lies in a block whose returned maximum reaches
-    that. Those blocks (usually one or two) are scored
+    its output type, off by at most ``u |t_j|`` (bfloat16: ``u = 2^-8``; float32: ``2^-24``). Let ``M``
+    be the largest returned score (token ``k``, block ``c``) and ``j*`` the best token (block ``b``).
+    Then ``|t_k| <= |M| / (1 - u)`` and ``|t_j*| <= |M| / (1 - u) + 2E``, and ``score(j*) >= s_j* - e_b -
+    u |t_j*| >= s_k - e_b - u |t_j*| >= M - e_c - e_b - 2u (|M| / (1 - u) + E)``: ``j*`` lies in a block
+    whose returned maximum reaches that. Those blocks (usually one or two) are scored
     again in float32 from the dense weights and the row's token is their argmax. Ties aside, float32
     logits' argmax picks the same token: both are float32 sums of the same products, in another order.
     With more candidate blocks than four a row plus 16 or a quarter of all blocks, whichever is more (rows
@@ -167,26 +193,33 @@ class GreedyHead(OneDnnLinear):
     head instead.
     """
 
-    def __init__(self, dense: torch.nn.Linear, *, batch_hint: int = 8) -> None:
+    def __init__(self, dense: torch.nn.Linear, *, batch_hint: int = 8, screen: str | None = None) -> None:
         super().__init__(dense, batch_hint=batch_hint, keep_dense=True)
         weight = dense.weight.detach()
         self.block = _block(self.out_features)
         with torch.inference_mode(False), torch.no_grad():
-            low = weight.to(torch.bfloat16)
-            self.low = torch.ops.mkldnn._reorder_linear_weight(low, batch_hint)
+            self.screen, self.low, screened = _screen_weights(weight, batch_hint, screen or available_screens()[0])
             norms, errors = [], []
             for start in range(0, weight.shape[0], 16384):  # float64, a slice at a time
                 w = weight[start:start + 16384].double()
-                w_low = low[start:start + 16384].double()
+                w_low = screened[start:start + 16384].double()
                 norms.append(w_low.norm(dim=1))
                 errors.append((w_low - w).norm(dim=1))
+            del screened
             blocks = self.out_features // self.block
             self.low_norm = torch.cat(norms).reshape(blocks, self.block).amax(-1) * (1 + 1e-6)  # w_b
             self.low_error = torch.cat(errors).reshape(blocks, self.block).amax(-1) * (1 + 1e-6)  # d_b
+        self.unit = 2.0**-8 if self.screen == "bfloat16" else 2.0**-24  # the kernel's output rounding
         self.greedy = False
         self.tokens: list[int] = []
-        self.screened = 0  # rows whose token came from the bfloat16 screen
+        self.screened = 0  # rows whose token came from the screen
         self.fallbacks = 0  # rows that needed the full float32 head
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        """The screen's scores ``[rows, vocab]`` for float32 rows ``[rows, hidden]``."""
+        if self.screen == "bfloat16":
+            return self._matmul(x.to(torch.bfloat16), self.low, None)
+        return torch.ops.quantized.linear_dynamic_fp16(x, self.low)
 
     @contextlib.contextmanager
     def picking(self) -> Iterator[GreedyHead]:
@@ -208,7 +241,7 @@ class GreedyHead(OneDnnLinear):
     def bound(self, x: torch.Tensor) -> torch.Tensor:
         """``e_b`` for each row of ``x`` (float32) and block: ``[rows, blocks]`` (see the class)."""
         exact = x.double()
-        low = x.to(torch.bfloat16).double()
+        low = x.to(torch.bfloat16).double() if self.screen == "bfloat16" else exact
         hidden = x.shape[-1]
         rounding = (exact - low).norm(dim=-1, keepdim=True) + hidden * 2.0**-23 * low.norm(dim=-1, keepdim=True)
         bound = rounding * self.low_norm + exact.norm(dim=-1, keepdim=True) * self.low_error
@@ -216,11 +249,11 @@ class GreedyHead(OneDnnLinear):
 
     def argmax(self, x: torch.Tensor) -> list[int]:
         rows, vocab, block = x.shape[0], self.out_features, self.block
-        scores = self._matmul(x.to(torch.bfloat16), self.low, None)
+        scores = self.scores(x)
         block_max = scores.reshape(rows, vocab // block, block).amax(-1).double()
         top, top_block = block_max.max(-1)
         bound = self.bound(x)
-        unit = 2.0**-8
+        unit = self.unit
         reach = (top - bound.gather(1, top_block[:, None]).squeeze(1)
                  - 2 * unit * (top.abs() / (1 - unit) + bound.amax(-1)))
         pairs = (block_max + bound >= reach[:, None]).nonzero().tolist()  # (row, block), row-major
