@@ -116,3 +116,17 @@ def test_first_argmax_is_argmax() -> None:
         if vocab > 100:
             logits[3, 77] = float("nan")  # argmax's answer for a NaN row: the NaN
         assert first_argmax(logits) == logits.argmax(-1).tolist()
+
+
+def test_the_float16_screen_leaves_many_rows_to_the_float32_head() -> None:
+    """FBGEMM's float16 matmul is slower than the float32 head above 16 rows: those calls skip it."""
+    if "float16" not in SCREENS:
+        pytest.skip("no FBGEMM on this CPU")
+    dense = _head(8192, 64)
+    head = GreedyHead(dense, screen="float16")
+    x = torch.randn(17, 64, generator=torch.Generator().manual_seed(6))
+    with torch.inference_mode(), head.picking():
+        head(x)
+        assert head.tokens == _exact(dense, x) and head.fallbacks == 17 and head.screened == 0
+        head(x[:16])
+        assert head.tokens == _exact(dense, x[:16]) and head.screened == 16

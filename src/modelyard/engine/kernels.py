@@ -122,6 +122,9 @@ def _packed(module: torch.nn.Linear, *, greedy: bool, keep_dense: bool) -> OneDn
     return packed
 
 
+_FLOAT16_SCREEN_ROWS = 16  # rows up to which the float16 screen beats the float32 head (see GreedyHead)
+
+
 def available_screens() -> list[str]:
     """The greedy head's screens this CPU runs, preferred first: ``bfloat16`` on oneDNN where oneDNN
     packs it (it refuses without AVX-512 or AVX-NE-CONVERT), ``float16`` on FBGEMM (x86 with AVX2)."""
@@ -190,7 +193,7 @@ class GreedyHead(OneDnnLinear):
     logits' argmax picks the same token: both are float32 sums of the same products, in another order.
     With more candidate blocks than four a row plus 16 or a quarter of all blocks, whichever is more (rows
     without a clear winner), or a bound that is not finite, the rows' tokens come from the full float32
-    head instead.
+    head instead; so do those of a call with more rows than the float16 screen pays off for (16).
     """
 
     def __init__(self, dense: torch.nn.Linear, *, batch_hint: int = 8, screen: str | None = None) -> None:
@@ -210,10 +213,14 @@ class GreedyHead(OneDnnLinear):
             self.low_norm = torch.cat(norms).reshape(blocks, self.block).amax(-1) * (1 + 1e-6)  # w_b
             self.low_error = torch.cat(errors).reshape(blocks, self.block).amax(-1) * (1 + 1e-6)  # d_b
         self.unit = 2.0**-8 if self.screen == "bfloat16" else 2.0**-24  # the kernel's output rounding
+        # FBGEMM's float16 matmul streams the weights again for every few rows: above 16 rows it is no
+        # faster than the float32 head (AVX2 Zen 3, the three real head shapes: 1.2-2.3x at 1-16 rows,
+        # 0.97-1.14 at 24, 0.76-0.91 at 32)
+        self.max_rows = _FLOAT16_SCREEN_ROWS if self.screen == "float16" else None
         self.greedy = False
         self.tokens: list[int] = []
         self.screened = 0  # rows whose token came from the screen
-        self.fallbacks = 0  # rows that needed the full float32 head
+        self.fallbacks = 0  # rows whose token came from the full float32 head (no clear winner; too many rows)
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         """The screen's scores ``[rows, vocab]`` for float32 rows ``[rows, hidden]``."""
@@ -249,6 +256,9 @@ class GreedyHead(OneDnnLinear):
 
     def argmax(self, x: torch.Tensor) -> list[int]:
         rows, vocab, block = x.shape[0], self.out_features, self.block
+        if self.max_rows is not None and rows > self.max_rows:
+            self.fallbacks += rows
+            return first_argmax(super().forward(x))
         scores = self.scores(x)
         block_max = scores.reshape(rows, vocab // block, block).amax(-1).double()
         top, top_block = block_max.max(-1)
