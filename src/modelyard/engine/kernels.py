@@ -213,8 +213,8 @@ class GreedyHead(OneDnnLinear):
             self.low_norm = torch.cat(norms).reshape(blocks, self.block).amax(-1) * (1 + 1e-6)  # w_b
             self.low_error = torch.cat(errors).reshape(blocks, self.block).amax(-1) * (1 + 1e-6)  # d_b
         self.unit = 2.0**-8 if self.screen == "bfloat16" else 2.0**-24  # the kernel's output rounding
-        # FBGEMM's float16 matmul is compute-bound above a few rows (widening every weight for each group
-        # of rows; splitting the vocabulary into cache-sized parts did not help): above 16 rows it is no
+        # FBGEMM's float16 matmul is compute-bound above a few rows (45-67 GFLOP/s here; splitting the
+        # vocabulary into cache-sized parts did not help): above 16 rows it is no
         # faster than the float32 head (AVX2 Zen 3, the three real head shapes: 1.2-2.3x at 1-16 rows,
         # 0.97-1.14 at 24, 0.76-0.91 at 32)
         self.max_rows = _FLOAT16_SCREEN_ROWS if self.screen == "float16" else None
