@@ -180,10 +180,11 @@ class GreedyHead(OneDnnLinear):
     float32); :attr:`screen` says which. The token is float32's, not the screen's. For a
     row ``x`` and token ``j`` of block ``b``, the float32 sum ``t_j`` of the products ``x~ . W~_j``
     (``W~`` the screen's weights; ``x~`` the row rounded to bfloat16 for the bfloat16 screen, ``x`` itself
-    for float16; each bfloat16 product is exact in float32) differs from ``s_j = x . W_j`` by at most
+    for float16) differs from ``s_j = x . W_j`` by at most
     ``e_b = |x - x~| w_b + |x| d_b + H 2^-23 |x~| w_b``, where ``w_b = max |W~_j|`` and
     ``d_b = max |W~_j - W_j|`` over the block (Cauchy-Schwarz for the two roundings, then the float32
-    sum over ``H`` inputs); ``E`` is the row's largest ``e_b``. The kernel returns ``t_j`` rounded to
+    sum over ``H`` inputs in any order, its products' rounding included: a bfloat16 product is exact in
+    float32, a float16 one by a float32 row is not); ``E`` is the row's largest ``e_b``. The kernel returns ``t_j`` rounded to
     its output type, off by at most ``u |t_j|`` (bfloat16: ``u = 2^-8``; float32: ``2^-24``). Let ``M``
     be the largest returned score (token ``k``, block ``c``) and ``j*`` the best token (block ``b``).
     Then ``|t_k| <= |M| / (1 - u)`` and ``|t_j*| <= |M| / (1 - u) + 2E``, and ``score(j*) >= s_j* - e_b -
