@@ -8,7 +8,7 @@ import torch
 
 from modelyard.engine.kernels import GreedyHead, available_screens, first_argmax
 
-SCREENS = [screen for screen in available_screens() if screen != "none"]
+SCREENS = available_screens()
 screens = pytest.mark.parametrize("screen", SCREENS)
 
 

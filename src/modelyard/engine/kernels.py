@@ -131,7 +131,7 @@ def available_screens() -> list[str]:
     screens = ["bfloat16"] if torch.ops.mkldnn._is_mkldnn_bf16_supported() else []
     if "fbgemm" in torch.backends.quantized.supported_engines:
         screens.append("float16")
-    return screens or ["none"]
+    return screens
 
 
 def _screen_weights(weight: torch.Tensor, batch_hint: int, screen: str) -> tuple[str, object, torch.Tensor]:
@@ -202,7 +202,7 @@ class GreedyHead(OneDnnLinear):
         weight = dense.weight.detach()
         self.block = _block(self.out_features)
         with torch.inference_mode(False), torch.no_grad():
-            self.screen, self.low, screened = _screen_weights(weight, batch_hint, screen or available_screens()[0])
+            self.screen, self.low, screened = _screen_weights(weight, batch_hint, screen or next(iter(available_screens()), ""))
             norms, errors = [], []
             for start in range(0, weight.shape[0], 16384):  # float64, a slice at a time
                 w = weight[start:start + 16384].double()
