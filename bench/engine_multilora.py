@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import statistics
 import sys
 import tempfile
 import threading
@@ -90,6 +91,49 @@ def engine_run(engine: Engine, prompts: list[list[int]], adapters: list[str | No
     finished.wait()
     elapsed = time.perf_counter() - started
     return sum(g.completion_tokens for g in gens) / elapsed
+
+
+def summary_index(runs: list) -> int:
+    """The workload of the last line: the first mixed mode at batch 8 (the issue's target; the first
+    batch size when 8 is not run), else the first workload."""
+    batches = [batch for _, batch, *_ in runs]
+    target = 8 if 8 in batches else batches[0]
+    return next((i for i, (mode, batch, *_) in enumerate(runs) if mode.startswith("mixed") and batch == target), 0)
+
+
+def profile_decode(engine: Engine, prompts: list[list[int]], adapters: list[str | None], max_tokens: int,
+                   steps: int = 20) -> None:
+    """Run one workload with ``torch.profiler`` over ``steps`` decode steps on the engine thread (after
+    the first five) and print the operators that took the most time, by input shape, and the median
+    step with and without the profiler (the bench reaches into the engine's decode step to do it)."""
+    decode = engine._decode_static
+    times: list[float] = []
+    profiled: list[float] = []
+    profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True)
+
+    def step() -> None:
+        n = len(times) + len(profiled)
+        if n == 5:
+            profiler.__enter__()
+        started = time.perf_counter()
+        decode()
+        (profiled if 5 <= n < 5 + steps else times).append(time.perf_counter() - started)
+        if n == 4 + steps:
+            profiler.__exit__(None, None, None)
+
+    engine._decode_static = step  # the engine thread looks it up on every step
+    try:
+        engine_run(engine, prompts, adapters, max_tokens)
+    finally:
+        del engine._decode_static
+    if len(profiled) < steps:
+        print(f"  profile: the run had {len(times) + len(profiled)} decode steps, fewer than {steps + 5}")
+        return
+    table = profiler.key_averages(group_by_input_shape=True).table(
+        sort_by="self_cpu_time_total", row_limit=16, max_name_column_width=40, max_shapes_column_width=60)
+    print(table)
+    print(f"  profile: {steps} decode steps, median {statistics.median(profiled) * 1e3:.1f} ms profiled, "
+          f"{statistics.median(times) * 1e3:.1f} ms not; divide the table's totals by {steps} for a step")
 
 
 def vllm_runs(base: Path, adapter_paths: list[Path], prompts: list[list[int]], max_tokens: int,
@@ -310,6 +354,8 @@ def shape_main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work-dir", type=Path, default=Path.home() / ".cache" / "modelyard" / "bench-shapes",
                         help="where checkpoints and adapters are built (reused across runs)")
     parser.add_argument("--no-vllm", action="store_true", help="skip vLLM's CPU build")
+    parser.add_argument("--profile", action="store_true",
+                        help="after the timed runs, profile 20 decode steps of the summary workload (torch.profiler)")
     parser.add_argument("--shared-prefix", type=int, default=0, metavar="N",
                         help="every prompt starts with the same N tokens (read once per adapter before timing)")
     args = parser.parse_args(argv)
@@ -353,6 +399,10 @@ def shape_main(argv: list[str] | None = None) -> None:
     for mode, batch, plen, prompts, adapters in runs:
         ours.append(max(engine_run(engine, prompts, adapters, args.max_tokens) for _ in range(args.repeats)))
         print(f"  ours {mode:<8} batch={batch:<3} prompt={plen:<5} tokens_per_s={ours[-1]:8.1f}", flush=True)
+    if args.profile:
+        mode, batch, plen, prompts, adapters = runs[summary_index(runs)]
+        print(f"  profile of ours {mode} batch={batch} prompt={plen}:", flush=True)
+        profile_decode(engine, prompts, adapters, args.max_tokens)
     head = engine.greedy_head
     print(f"  ours prefix cache: {engine.prefix.hits}/{engine.prefix.queried} prompt tokens reused; greedy head: "
           + (f"{head.screen} screen, {head.screened} tokens screened, {head.fallbacks} from the float32 head"
@@ -375,18 +425,15 @@ def shape_main(argv: list[str] | None = None) -> None:
           f"{'/'.join(f'{b / 1e9:.1f}' for b in probes)}); bound step {base_bytes / bandwidth * 1e3:.1f} ms")
     print(f"{'mode':<8} {'batch':>5} {'prompt':>6} {'ours':>8} {'vllm':>8} {'ours/vllm':>9} {'bound':>8} "
           f"{'ours/bound':>10} {'vllm/bound':>10}")
-    summary = None
-    target_batch = 8 if 8 in batches else batches[0]  # the issue's target: mixed adapters at batch 8
+    fractions = []
     for (mode, batch, plen, _p, adapters), o, v in zip(runs, ours, theirs, strict=True):
         distinct = len({a for a in adapters if a})
         bound = batch / ((base_bytes + distinct * lora_per_adapter) / bandwidth)
         ratio = f"{o / v:9.2f}" if v else f"{'-':>9}"
         print(f"{mode:<8} {batch:>5} {plen:>6} {o:8.1f} {v or 0:8.1f} {ratio} {bound:8.1f} {o / bound:10.2f} "
               f"{(v or 0) / bound:10.2f}")
-        if summary is None and mode.startswith("mixed") and batch == target_batch:
-            summary = (o / v if v else float("nan"), o / bound)
-    if summary is None:
-        summary = (ours[0] / theirs[0] if theirs[0] else float("nan"), ours[0] / (batches[0] * bandwidth / base_bytes))
+        fractions.append((o / v if v else float("nan"), o / bound))
+    summary = fractions[summary_index(runs)]
     print(f"ours_vs_vllm_mixed={summary[0]:.2f} ours_vs_bound={summary[1]:.2f}")
 
 
