@@ -20,6 +20,7 @@ from modelyard.engine.client import EngineClient
 from modelyard.errors import ApiError
 from modelyard.gateway import http1
 from modelyard.gateway.router import _relay, _send
+from modelyard.observability.metrics import GatewayCall
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -241,3 +242,35 @@ def test_a_stream_that_ends_without_done_says_so() -> None:
     assert json.loads(events[-2])["error"]["code"] == "engine_unavailable" and events[-1] == "[DONE]"
     events, _ = relayed([CHUNK + b"\n", b"data: [DONE]\n\n"], cut=False)
     assert events[-1] == "[DONE]" and len(events) == 2 and replica.in_flight == 0
+
+
+def test_a_stream_is_counted_and_its_replica_freed_when_done_is_passed_on() -> None:
+    """The engine may close its stream a while after ``[DONE]``; a client that stops reading at
+    ``[DONE]`` and asks /metrics (or sends its next request) at once must find this one counted and
+    its replica free, not still in flight."""
+    closing = asyncio.Event()
+
+    async def stream(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for chunk in (CHUNK + b"\n", b"data: [DONE]\n\n"):
+            writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            await writer.drain()
+        await closing.wait()  # the end of the body comes only after the client has seen [DONE]
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+    async def go() -> tuple[list[tuple[int, bool]], int]:
+        async with scripted_replica(stream, []) as replica:
+            lease = await leased(pool_of(replica), replica)
+            call = GatewayCall(None, None, "default", "e", None, "asked")
+            response = await _send(FakeSupervisor(), lease, "/v1/completions", {},  # type: ignore[arg-type]
+                                   client=http1.Http1Pool())
+            seen = []
+            async for part in _relay(response, lease, "asked", call):
+                if part.startswith(b"data: [DONE]"):
+                    seen.append((replica.in_flight, call.done))
+                    closing.set()
+            return seen, call.status
+
+    seen, status = asyncio.run(go())
+    assert seen == [(0, True)] and status == 200

@@ -334,6 +334,10 @@ async def _relay(upstream: http1.Response, lease: Lease, model: str, call: Gatew
     try:
         async for line in upstream.lines():
             passed = watch.line(line)
+            if watch.done:  # released and counted before the client sees [DONE]: what it saw end is
+                lease.release()  # in /metrics and the usage records when it asks next
+                if call is not None:
+                    call.finish(upstream.status, None)
             if passed is not None:
                 yield passed
         if not watch.done and upstream.status == 200:

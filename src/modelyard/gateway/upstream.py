@@ -349,6 +349,8 @@ async def _relay_pooled(upstream: http1.Response, route: UpstreamRoute, model: s
     try:
         async for line in upstream.lines():
             passed = watch.line(line)
+            if watch.done and call is not None and not call.done:
+                call.finish(upstream.status, None)  # counted before the client sees [DONE], as the engine relay
             if passed is not None:
                 yield passed
         outcome = None
