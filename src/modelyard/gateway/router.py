@@ -328,16 +328,14 @@ async def _relay(upstream: http1.Response, lease: Lease, model: str, call: Gatew
     shape and ``[DONE]`` so the client knows the answer is incomplete (a bare cut looks like a short
     answer). The usage chunk (asked of the engine for every stream, to count its tokens) is passed on
     only when the client asked for it too (``stream_options.include_usage``)."""
-    watch = EventWatch(model, call, pass_usage=client_usage)
+    watch = EventWatch(model, call, pass_usage=client_usage, status=upstream.status)
     problem: str | None = None
     outcome = "cancelled"  # unless the loop ends: the client went away mid-stream
     try:
         async for line in upstream.lines():
             passed = watch.line(line)
-            if watch.done:  # released and counted before the client sees [DONE]: what it saw end is
-                lease.release()  # in /metrics and the usage records when it asks next
-                if call is not None:
-                    call.finish(upstream.status, None)
+            if watch.done:  # free before the client sees [DONE] (the call is counted then too)
+                lease.release()
             if passed is not None:
                 yield passed
         if not watch.done and upstream.status == 200:

@@ -2,7 +2,8 @@
 and registry models, both over the gateway's HTTP/1.1 client, and registry models reached over httpx).
 
 Each line is passed on as it arrives, with the chunk's ``model`` set to the name the client used;
-the stream's token usage and the time of its first token are counted on the way; the usage chunk the
+the stream's token usage and the time of its first token are counted on the way, and the call is finished
+(counted in the metrics and usage records) as ``[DONE]`` passes, before the client sees it; the usage chunk the
 gateway asked for on the client's behalf is dropped unless the client asked for it too; and a stream
 that breaks ends with an error event of its own and ``[DONE]``, never a bare cut.
 """
@@ -42,10 +43,12 @@ def error_event(body: dict[str, Any]) -> bytes:
 class EventWatch:
     """Watches one stream line by line (see the module docstring)."""
 
-    def __init__(self, model: str | None, call: GatewayCall | None = None, *, pass_usage: bool = True) -> None:
+    def __init__(self, model: str | None, call: GatewayCall | None = None, *, pass_usage: bool = True,
+                 status: int = 200) -> None:
         self.model = model
         self.call = call
         self.pass_usage = pass_usage
+        self.status = status  # the upstream's, for the call's outcome
         self.done = False
 
     def line(self, line: bytes) -> bytes | None:
@@ -70,4 +73,6 @@ class EventWatch:
                     return b"data: " + rewritten + b"\n"
         elif line.rstrip(b"\r\n ") == DONE:
             self.done = True
+            if self.call is not None:  # the upstream may close its body a while later
+                self.call.finish(self.status)
         return line

@@ -345,12 +345,10 @@ async def _relay_pooled(upstream: http1.Response, route: UpstreamRoute, model: s
     """An upstream's event stream, line by line as it arrives, ``model`` rewritten; a cut ends with an
     error event and ``[DONE]``. The connection goes back to the pool only after a complete stream."""
     outcome: str | None = "cancelled"
-    watch = EventWatch(model, call)
+    watch = EventWatch(model, call, status=upstream.status)
     try:
         async for line in upstream.lines():
             passed = watch.line(line)
-            if watch.done and call is not None and not call.done:
-                call.finish(upstream.status, None)  # counted before the client sees [DONE], as the engine relay
             if passed is not None:
                 yield passed
         outcome = None
